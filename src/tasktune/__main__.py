@@ -1,0 +1,5 @@
+import sys
+
+from tasktune.cli import main
+
+sys.exit(main())

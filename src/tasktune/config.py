@@ -1,0 +1,177 @@
+"""The typed config tree: a task (what to learn) and training settings (how).
+
+One source for YAML keys, CLI flags and docs: every field's description is its help text, `learning_rate` in YAML is
+`--learning-rate` on the command line. Unknown keys and wrong types are errors that name the key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasktune.errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OutputSpec(_Strict):
+    kind: Literal["text", "json"] = Field("text", description="what the answer is: free text, or one JSON value")
+    schema_: dict | str | None = Field(
+        None,
+        alias="schema",
+        description="JSON Schema for json answers: a file path (relative to the task file) or inline",
+    )
+
+
+class DataFiles(_Strict):
+    train: str | None = Field(None, description="training rows (JSONL or CSV)")
+    eval: str | None = Field(None, description="rows for eval loss during training; if absent, held out from train")
+    test: str | None = Field(None, description="held-out rows for `tasktune eval`")
+
+
+class LoraSettings(_Strict):
+    r: int = Field(16, ge=1, description="adapter rank; higher adapts more and costs more memory")
+    alpha: float = Field(32.0, gt=0, description="scale of the adapter update (effective scale alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="modules that get adapters: 'all-linear' or a list of module names"
+    )
+
+
+class TrainConfig(_Strict):
+    model: str = Field(DEFAULT_MODEL, description="base model: built-in name, local HF folder or .gguf file")
+    method: Literal["lora", "full"] = Field("lora", description="adaptation strategy")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    learning_rate: float | None = Field(None, gt=0, description="peak learning rate (default: lora 2e-4, full 5e-5)")
+    epochs: float = Field(1.0, gt=0, description="passes over the training rows (ignored when max_steps is set)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps to run; overrides epochs")
+    batch_size: int = Field(8, ge=1, description="rows per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    warmup_ratio: float = Field(0.05, ge=0, le=1, description="share of steps with linear warm-up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    seed: int = Field(0, description="seed for init, shuffling and dropout")
+    max_length: int = Field(1024, ge=8, description="longest row in tokens; longer rows are skipped, never truncated")
+    eval_every: int = Field(50, ge=1, description="steps between eval-loss measurements")
+    eval_split: float = Field(0.1, ge=0, lt=1, description="share of train held out for eval loss when no eval file")
+    eval_max_rows: int = Field(256, ge=1, description="eval rows used for eval loss during training")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast where the CPU has it")
+    log_every: int = Field(1, ge=1, description="steps between metric lines")
+    supervised_logits_only: bool = Field(
+        True, description="project to the vocabulary only at supervised positions (same loss, less compute)"
+    )
+
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return {"lora": 2e-4, "full": 5e-5}[self.method]
+
+
+class TaskConfig(_Strict):
+    name: str = Field("task", description="short name of the task")
+    instruction: str = Field("", description="the long instruction people sent with every request before tuning")
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    metric: str | None = Field(None, description="main metric (default: field_accuracy for json, rouge_l for text)")
+    data: DataFiles = Field(default_factory=DataFiles)
+    train_with_instruction: bool = Field(False, description="render the instruction in training rows too")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="training settings (CLI flags override)")
+
+    # Where the task file lives; relative paths in it resolve against this folder.
+    base_dir: Path = Field(Path("."), exclude=True)
+
+    def data_path(self, split: str) -> Path | None:
+        value = getattr(self.data, split)
+        return None if value is None else (self.base_dir / value)
+
+    def json_schema(self) -> dict | None:
+        schema = self.output.schema_
+        if schema is None or isinstance(schema, dict):
+            return schema
+        path = self.base_dir / schema
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(
+                f"output.schema: cannot read {path}: {e.strerror}", "fix the path in the task file"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: not valid JSON ({e.msg})", "fix the schema file") from None
+
+    def to_yaml_dict(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True, exclude={"base_dir"})
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
+    """Every problem, one per line, with the key as the user wrote it and a suggestion for unknown keys."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, e["loc"][:-1])
+            close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(sorted(allowed))})"
+            lines.append(f"{source}: unknown key '{key}'{hint}")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{source}: key '{key}': {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
+
+
+def build(model: type[BaseModel], data: dict, source: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, model), "correct the keys above") from None
+
+
+def load_task(path: str | Path) -> TaskConfig:
+    """Read a task.yaml; every problem in it is reported at once."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read task file {path}: {e.strerror}", "check the --task path") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})", "fix the YAML syntax"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(data).__name__}", "see examples/*/task.yaml")
+    task = build(TaskConfig, data, str(path))
+    task.base_dir = path.parent
+    return task
+
+
+def merge_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str = "command line") -> TrainConfig:
+    """Apply CLI overrides (dotted keys like `lora.r`) and validate the result once."""
+    data = cfg.model_dump()
+    for key, value in overrides.items():
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = value
+    return build(TrainConfig, data, source)

@@ -1,0 +1,138 @@
+"""Labels are made here and nowhere else.
+
+A row is rendered through the model's own chat template. Prompt tokens get label -100; the answer tokens and the
+end-of-turn token that the template puts after an assistant answer (SmolLM2: `<|im_end|>`) are supervised, so the
+tuned model learns to stop. Labels come from where each segment sits in the render, never from comparing token ids
+with the pad id: SmolLM2's pad token *is* its EOS, and masking "pad" there would mask the answer's EOS too.
+
+Inference builds its prompt with `encode_prompt`, the very function that builds the training prefix, so the two are
+the same tokens up to the answer (tests/test_render.py proves it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasktune.errors import TaskTuneError
+
+IGNORE = -100
+_SENTINEL = "\u2063TASKTUNE_ANSWER\u2063"
+
+# Used only for base models that ship no chat template.
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}### Input:\n{{ m['content'] }}\n\n"
+    "{% else %}### Response:\n{{ m['content'] }}{{ eos_token }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}### Response:\n{% endif %}"
+)
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_supervised(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+class ChatFormat:
+    """Renders messages for one tokenizer; knows which token ends an assistant turn."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = FALLBACK_TEMPLATE
+        self.end_text, self.end_ids = self._find_turn_end()
+        self.stop_ids = sorted(
+            {self.end_ids[-1], *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
+        )
+        self.system_ok = self._supports_system()
+
+    # --- template probing -------------------------------------------------------------------------------------------
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _find_turn_end(self) -> tuple[str, list[int]]:
+        """The text and tokens the template puts right after an assistant answer, up to its first special token."""
+        text = self._render([{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}], False)
+        suffix = text[text.index(_SENTINEL) + len(_SENTINEL) :]
+        specials = [t for t in self.tok.all_special_tokens if t and t in suffix]
+        specials += [
+            t for t in getattr(self.tok, "added_tokens_encoder", {}) if t and t in suffix and t not in specials
+        ]
+        if specials:
+            first = min(specials, key=suffix.index)
+            end_text = suffix[: suffix.index(first) + len(first)]
+        elif self.tok.eos_token:
+            end_text = self.tok.eos_token  # template closes with plain text: stop on EOS instead
+        else:
+            raise TaskTuneError(
+                "the tokenizer has no EOS token and its chat template no end-of-turn token",
+                "use a tokenizer with an eos_token",
+            )
+        ids = self.tok.encode(end_text, add_special_tokens=False)
+        return end_text, ids
+
+    def _supports_system(self) -> bool:
+        try:
+            self._render([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], True)
+            return True
+        except Exception:  # templates that reject a system role raise from inside jinja
+            return False
+
+    # --- public API -------------------------------------------------------------------------------------------------
+    def with_instruction(self, messages: list[dict], instruction: str | None) -> list[dict]:
+        """Put the task instruction in front: as the system turn where the template has one, else before the input."""
+        if not instruction:
+            return list(messages)
+        messages = [dict(m) for m in messages]
+        if messages and messages[0]["role"] == "system":
+            messages[0]["content"] = instruction + "\n\n" + messages[0]["content"]
+        elif self.system_ok:
+            messages.insert(0, {"role": "system", "content": instruction})
+        else:
+            first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+            messages[first_user]["content"] = instruction + "\n\n" + messages[first_user]["content"]
+        return messages
+
+    def prompt_text(self, prompt_messages: list[dict]) -> str:
+        return self._render(prompt_messages, True)
+
+    def encode_prompt(self, prompt_messages: list[dict]) -> list[int]:
+        """Token ids that inference sends: the rendered conversation up to the start of the answer."""
+        return self.tok.encode(self.prompt_text(prompt_messages), add_special_tokens=False)
+
+    def encode_example(self, messages: list[dict]) -> Encoded:
+        """Input ids and labels for a conversation; every assistant turn (and its end token) is supervised."""
+        ids: list[int] = []
+        labels: list[int] = []
+        consumed = ""
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            prefix = self._render(messages[:i], True)
+            if not prefix.startswith(consumed):
+                raise TaskTuneError(
+                    "the chat template renders earlier turns differently once later turns are added",
+                    "train on single-turn rows (input/output) with this model",
+                )
+            seg = self.tok.encode(prefix[len(consumed) :], add_special_tokens=False)
+            ans = self.tok.encode(m["content"], add_special_tokens=False) + self.end_ids
+            ids += seg + ans
+            labels += [IGNORE] * len(seg) + ans
+            consumed = prefix + m["content"] + self.end_text
+        if not ids:
+            raise TaskTuneError("a training row has no assistant answer", "add an output to every training row")
+        return Encoded(ids, labels)
+
+    def decode_answer(self, ids: list[int]) -> str:
+        """Generated ids → answer text, cut at the first stop token."""
+        for j, t in enumerate(ids):
+            if t in self.stop_ids:
+                ids = ids[:j]
+                break
+        return self.tok.decode(ids, skip_special_tokens=True).strip()
