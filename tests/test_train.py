@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from tasktune.config import TaskConfig, TrainConfig, load_task
@@ -14,6 +13,7 @@ from tasktune.data import read_examples
 from tasktune.models import load_base
 from tasktune.render import ChatFormat
 from tasktune.rundir import MetricsLog, read_metrics
+from tasktune.runtime import make_accelerator
 from tasktune.strategies import get_strategy, save_trained
 from tasktune.train import collate, encode_rows, fit, token_loss, train
 
@@ -28,7 +28,7 @@ def _prepared(tiny_model, task_dir, cfg: TrainConfig):
 
 
 def _fit(model, rows, cfg, pad_id):
-    return fit(model, rows, [], cfg, Accelerator(cpu=True, mixed_precision="no"), pad_id, MetricsLog(None))
+    return fit(model, rows, [], cfg, make_accelerator("fp32"), pad_id, MetricsLog(None))
 
 
 def test_lora_trains_only_adapter_weights(tiny_model, task_dir):

@@ -30,3 +30,17 @@ def mixed_precision_flag(precision: str) -> str:
 
 def progress_enabled() -> bool:
     return os.environ.get("TASKTUNE_NO_PROGRESS", "") in ("", "0")
+
+
+def make_accelerator(precision: str):
+    """An Accelerator for this run's precision.
+
+    accelerate keeps its state in a process-wide singleton and refuses a second Accelerator with another precision;
+    a library that trains several runs in one process (compare, tests) must reset that part of the state first. The
+    process group (PartialState) is kept, so this is safe under torchrun/accelerate launch too.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision_flag(precision), cpu=not torch.cuda.is_available())

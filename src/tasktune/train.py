@@ -25,7 +25,7 @@ from tasktune.fsio import atomic_dir, ensure_writable_dir
 from tasktune.models import load_base, resolve_model
 from tasktune.render import IGNORE, ChatFormat, Encoded
 from tasktune.rundir import MetricsLog, RunInfo, write_config, write_env
-from tasktune.runtime import mixed_precision_flag, progress_enabled, resolve_precision
+from tasktune.runtime import make_accelerator, progress_enabled, resolve_precision
 from tasktune.strategies import count_parameters, get_strategy, save_trained
 
 
@@ -251,7 +251,6 @@ def suggest_max_new_tokens(rows: list[Encoded]) -> int:
 
 def train(task: TaskConfig, cfg: TrainConfig, out: str | Path) -> TrainResult:
     """Fine-tune `cfg.model` on the task's training rows and write a run directory to `out`."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     strategy = get_strategy(cfg.method)
@@ -267,7 +266,7 @@ def train(task: TaskConfig, cfg: TrainConfig, out: str | Path) -> TrainResult:
     else:
         rows, eval_examples = _split_eval(rows, cfg.eval_split, cfg.seed)
 
-    accelerator = Accelerator(mixed_precision=mixed_precision_flag(cfg.precision), cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(cfg.precision)
     out = Path(out)
     if accelerator.is_main_process:
         ensure_writable_dir(out, must_be_empty=True, what="run folder")
