@@ -121,7 +121,7 @@ def test_saved_adapter_reloads_with_plain_peft_and_gives_the_same_logits(tiny_mo
 
 # The first and last training loss of a seeded 6-step tiny LoRA run (fp32), pinned: a change to rendering, masking,
 # batching, normalisation or the optimiser moves them.
-PINNED_LOSSES = (6.291950861612956, 6.067319234212239)
+PINNED_LOSSES = (6.291950861612956, 6.066008885701497)
 
 
 def _seeded_run(tiny_model, task_dir, out):

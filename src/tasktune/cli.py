@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from tasktune.config import TaskConfig, TrainConfig, load_task, merge_overrides
+from tasktune.data import read_examples
 from tasktune.errors import TaskTuneError
 
 
@@ -97,7 +98,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tasktune.data import read_examples
     from tasktune.fsio import write_jsonl
     from tasktune.predict import Predictor
 
@@ -122,6 +122,79 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tasktune.config import load_task
+    from tasktune.evaluate import evaluate, format_table, format_worst, pick_shots
+    from tasktune.fsio import atomic_write_json
+    from tasktune.predict import Predictor
+    from tasktune.rundir import load_run_task
+
+    if args.run:
+        task = load_run_task(Path(args.run))
+    elif args.task and args.model:
+        task = load_task(args.task)
+    else:
+        raise TaskTuneError("eval needs a RUN folder, or --model M with --task TASK.yaml", "pass one of them")
+    data = Path(args.data) if args.data else task.data_path("test")
+    if data is None:
+        raise TaskTuneError("no eval data: the task has no data.test", "pass --data test.jsonl")
+    examples = read_examples(data)[: args.limit]
+    shots = pick_shots(task, args.shots)
+    if args.run:
+        predictor = Predictor.from_run(args.run, precision=args.precision)
+        mode = "bare_input"
+    else:
+        instruction = task.instruction if args.with_instruction else None
+        cap = args.max_new_tokens or max_new_tokens_for(task, args.model)
+        predictor = Predictor.from_base(
+            args.model,
+            instruction=instruction,
+            output_kind=task.output.kind,
+            max_new_tokens=cap,
+            precision=args.precision,
+        )
+        mode = "with_instruction" if instruction else "bare_input"
+    if args.max_new_tokens:
+        predictor.max_new_tokens = args.max_new_tokens
+    mode = f"few_shot_{len(shots)}" if shots else mode
+    report = evaluate(
+        predictor, examples, task, name=args.name or mode, mode=mode, shots=shots, batch_size=args.batch_size
+    )
+    print(format_table([report]))
+    print(format_worst(report))
+    if args.json:
+        atomic_write_json(args.json, report.to_dict(with_predictions=True))
+        print(f"tasktune: report written to {args.json}")
+    return 0
+
+
+def max_new_tokens_for(task, model_spec: str) -> int:
+    from tasktune.train import suggest_max_new_tokens_for_answers
+
+    path = task.data_path("train") or task.data_path("test")
+    answers = [ex.answer for ex in read_examples(path)] if path else []
+    return suggest_max_new_tokens_for_answers(model_spec, answers)
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    from tasktune.examples import get_example
+
+    out = get_example(args.name)(args.out, n=args.n, seed=args.seed)
+    print(f"tasktune: wrote the {args.name} example to {out} (task file: {out / 'task.yaml'})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from tasktune.demo import run_demo
+
+    out = args.out or f"demo-out/{time.strftime('%Y%m%d-%H%M%S')}"
+    run_demo(out, n=args.n, test_rows=args.test_rows, seed=args.data_seed, json_path=args.json,
+             train_overrides=overrides_from(args))  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tasktune", description="Embed a task into a language model's weights.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +214,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="inputs per generation batch")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default: from training)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval", help="score generations of a tuned run, or of a base model with the instruction")
+    p.add_argument("run", nargs="?", help="run folder (tuned model, bare input)")
+    p.add_argument("--model", help="base model to score instead of a run")
+    p.add_argument("--task", help="task file (with --model)")
+    p.add_argument("--with-instruction", action="store_true", help="send the task's instruction with each input")
+    p.add_argument("--shots", type=int, default=0, help="k training rows as few-shot examples in each prompt")
+    p.add_argument("--data", help="JSONL/CSV with reference answers (default: the task's data.test)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N rows")
+    p.add_argument("--json", help="write the full report (with every prediction) here")
+    p.add_argument("--name", help="label for this side of the comparison")
+    p.add_argument("--batch-size", type=int, default=16, help="requests per generation batch")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="inference precision")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("example", help="write an example task (data, schema, task.yaml)")
+    p.add_argument("name", help="example name, e.g. bug-reports")
+    p.add_argument("--out", required=True, help="folder to write into")
+    p.add_argument("--n", type=int, default=10000, help="training rows")
+    p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.set_defaults(func=cmd_example)
+
+    p = sub.add_parser("demo", help="bug reports -> JSON end to end: base+instruction vs tuned on the bare input")
+    p.add_argument("--out", help="new folder for data, run and figures (default: demo-out/TIMESTAMP)")
+    p.add_argument("--n", type=int, default=10000, help="training reports to generate")
+    p.add_argument("--test-rows", type=int, default=100, help="held-out-style test reports to score both sides on")
+    p.add_argument("--data-seed", type=int, default=0, help="data generator seed")
+    p.add_argument("--json", help="write the figures here (default: OUT/demo.json)")
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -30,6 +30,9 @@ class OutputSpec(_Strict):
         alias="schema",
         description="JSON Schema for json answers: a file path (relative to the task file) or inline",
     )
+    free_text_fields: list[str] = Field(
+        default_factory=list, description="json fields scored by token F1 instead of exact match (e.g. a title)"
+    )
 
 
 class DataFiles(_Strict):
@@ -41,7 +44,9 @@ class DataFiles(_Strict):
 class LoraSettings(_Strict):
     r: int = Field(16, ge=1, description="adapter rank; higher adapts more and costs more memory")
     alpha: float = Field(32.0, gt=0, description="scale of the adapter update (effective scale alpha / r)")
-    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
+    # 0 by default: peft materialises a dropout mask per adapted module, which measured 20% of a CPU training step
+    # (SmolLM2-135M, batch 16: 208 -> 326 tokens/s without it).
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input (costs speed on CPU)")
     target_modules: str | list[str] = Field(
         "all-linear", description="modules that get adapters: 'all-linear' or a list of module names"
     )

@@ -10,12 +10,15 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from tasktune.data import Example, examples_from_inputs
 from tasktune.errors import TaskTuneError
 from tasktune.generate import generate
 from tasktune.models import load_base, resolve_model
 from tasktune.render import ChatFormat
 from tasktune.rundir import RunInfo
+from tasktune.runtime import resolve_precision
 from tasktune.strategies import get_strategy, load_trained
 
 
@@ -45,7 +48,21 @@ def parse_json_answer(text: str) -> tuple[object | None, bool]:
 class Predictor:
     """A model ready to answer: a tuned run (bare input), or a base model plus an instruction."""
 
-    def __init__(self, model, tokenizer, *, instruction: str | None, output_kind: str, max_new_tokens: int, name: str):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        instruction: str | None,
+        output_kind: str,
+        max_new_tokens: int,
+        name: str,
+        precision: str = "auto",
+    ):
+        # Inference keeps bf16 weights where the CPU is fast at bf16: casting fp32 weights under autocast on every
+        # decoding step costs more than the matmuls of a 135M model (measured: generation 2x slower).
+        if resolve_precision(precision) == "bf16":
+            model.to(torch.bfloat16)
         self.model = model
         self.fmt = ChatFormat(tokenizer)
         self.instruction = instruction or None
@@ -54,7 +71,7 @@ class Predictor:
         self.name = name
 
     @classmethod
-    def from_run(cls, run: str | Path) -> Predictor:
+    def from_run(cls, run: str | Path, precision: str = "auto", merge: bool = True) -> Predictor:
         run = Path(run)
         info = RunInfo.load(run)
         strategy = get_strategy(info.method)
@@ -69,6 +86,10 @@ class Predictor:
                 base_path = resolve_model(info.base_model).path
             base, _ = load_base(base_path)
             model = load_trained(strategy, base, weights)
+            if strategy.mergeable and merge:
+                # Fold the adapter into the weights (in fp32, before any bf16 cast): the same function, and
+                # decoding no longer runs two extra small matmuls per adapted layer (measured 1.6x faster).
+                model = model.merge_and_unload()
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(weights)
@@ -79,16 +100,28 @@ class Predictor:
             output_kind=info.output_kind,
             max_new_tokens=info.max_new_tokens,
             name=run.name,
+            precision=precision,
         )
 
     @classmethod
     def from_base(
-        cls, spec: str, *, instruction: str | None, output_kind: str = "text", max_new_tokens: int = 256
+        cls,
+        spec: str,
+        *,
+        instruction: str | None,
+        output_kind: str = "text",
+        max_new_tokens: int = 256,
+        precision: str = "auto",
     ) -> Predictor:
-        ref = resolve_model(spec)
-        model, tok = load_base(ref.path)
+        model, tok = load_base(resolve_model(spec).path)
         return cls(
-            model, tok, instruction=instruction, output_kind=output_kind, max_new_tokens=max_new_tokens, name=spec
+            model,
+            tok,
+            instruction=instruction,
+            output_kind=output_kind,
+            max_new_tokens=max_new_tokens,
+            name=spec,
+            precision=precision,
         )
 
     def prompt_ids(self, example: Example, shots: list[Example] = ()) -> list[int]:

@@ -117,3 +117,13 @@ def write_config(run: Path, config: dict) -> None:
 def read_config(run: Path) -> dict:
     path = Path(run) / "config.yaml"
     return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def load_run_task(run: Path):
+    """The task as the run was trained on it (schema inline, absolute data paths)."""
+    from tasktune.config import TaskConfig, build
+
+    config = read_config(run)
+    task = build(TaskConfig, config, str(Path(run) / "config.yaml"))
+    task.base_dir = Path(run)
+    return task

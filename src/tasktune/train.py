@@ -249,6 +249,15 @@ def suggest_max_new_tokens(rows: list[Encoded]) -> int:
     return int(min(2048, math.ceil(longest * 1.5) + 16))
 
 
+def suggest_max_new_tokens_for_answers(model_spec: str, answers: list[str]) -> int:
+    """The same cap for an untuned model, from the task's training answers (so both sides of a comparison match)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(model_spec).path)
+    longest = max((len(tok.encode(a, add_special_tokens=False)) + 1 for a in answers[:5000]), default=128)
+    return int(min(2048, math.ceil(longest * 1.5) + 16))
+
+
 def train(task: TaskConfig, cfg: TrainConfig, out: str | Path) -> TrainResult:
     """Fine-tune `cfg.model` on the task's training rows and write a run directory to `out`."""
     from accelerate.utils import set_seed
@@ -291,6 +300,9 @@ def train(task: TaskConfig, cfg: TrainConfig, out: str | Path) -> TrainResult:
     precision = resolve_precision(cfg.precision)
     if accelerator.is_main_process:
         config = task.to_yaml_dict()
+        # Self-describing: the schema inline and data paths absolute, so eval and diagnose need nothing else.
+        config["output"]["schema"] = task.json_schema()
+        config["data"] = {k: str(p.resolve()) if (p := task.data_path(k)) else None for k in ("train", "eval", "test")}
         config["train"] = cfg.model_dump(mode="json") | {"learning_rate": cfg.resolved_learning_rate()}
         write_config(out, config)
         write_env(out, seed=cfg.seed, precision=precision, data_files={"train": train_path, "eval": eval_path})

@@ -1,0 +1,24 @@
+"""Example tasks that tasktune can generate: `tasktune example NAME --out DIR`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+EXAMPLES: dict[str, Callable] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        EXAMPLES[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_example(name: str) -> Callable:
+    from tasktune.errors import TaskTuneError
+    from tasktune.examples import bug_reports  # noqa: F401  (registers itself)
+
+    if name not in EXAMPLES:
+        raise TaskTuneError(f"unknown example {name!r}", f"choose one of: {', '.join(sorted(EXAMPLES))}")
+    return EXAMPLES[name]
