@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(BIN)/tasktune train --task examples/quickstart/task.yaml --out runs/quickstart-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/tasktune demo
 
 lint: install
 	$(BIN)/ruff check src tests

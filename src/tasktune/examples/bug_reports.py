@@ -125,6 +125,103 @@ ISSUES = [
            "the toggle labels are backwards in settings"), ("in settings the switches read the opposite of what they do",)),
 ]  # fmt: skip
 
+# More training phrasings per issue: real reports say the same thing in many ways, and seeing several teaches the
+# concept rather than the string (the held-out test phrasings above stay unseen).
+_MORE_TRAIN = {
+    "App crashes when signing in": ("the app closes by itself when I log in", "signing in makes the app crash"),
+    "Password reset email never arrives": (
+        "I never receive the password reset link",
+        "the forgot-password email is not coming through",
+    ),
+    "Signed in as another user": (
+        "I logged in and got a stranger's account",
+        "I can see another customer's notes after login",
+    ),
+    "Sign-in button misaligned": ("the login button is drawn in the wrong place", "the sign in button is misaligned"),
+    "Notes deleted after sync": ("my notes were deleted when it synced", "sync removed several notebooks completely"),
+    "Sync never finishes": ("sync keeps spinning and never completes", "syncing gets stuck and never ends"),
+    "Edits from other devices missing after sync": (
+        "my phone and laptop show different versions after syncing",
+        "edits made on the tablet are not synced to my PC",
+    ),
+    "Sync is very slow": ("syncing is painfully slow", "it takes ages to sync a handful of notes"),
+    "App crashes when pasting an image": (
+        "the app crashes if I paste a photo into a note",
+        "inserting a picture from the clipboard crashes the editor",
+    ),
+    "Typed text lost when the note closes": (
+        "everything I wrote disappeared when the note closed",
+        "my unsaved writing was wiped when the editor shut",
+    ),
+    "Undo removes more than the last change": (
+        "undo reverts several changes instead of one",
+        "pressing undo erases much more than I typed last",
+    ),
+    "Text overlaps in dark mode": (
+        "the text is drawn on top of other text in dark mode",
+        "dark mode makes the words overlap",
+    ),
+    "App crashes when exporting to PDF": (
+        "the app crashes when I save a note as PDF",
+        "pdf export makes the app crash",
+    ),
+    "Exported PDF is missing images": (
+        "pictures don't appear in the exported pdf",
+        "the PDF export leaves out the images",
+    ),
+    "Export to Word does nothing": ("export to Word has no effect at all", "nothing happens when I export to docx"),
+    "Exporting large notebooks is very slow": (
+        "big notebooks take ages to export",
+        "exporting a large notebook is painfully slow",
+    ),
+    "Search misses matching notes": (
+        "search can't find notes that contain the word",
+        "search skips notes that clearly match",
+    ),
+    "App crashes when searching for special characters": (
+        "the app crashes if my search has symbols in it",
+        "searching for a hashtag crashes everything",
+    ),
+    "Search is slow": ("search results load very slowly", "searching takes ages"),
+    "Reminders arrive at the wrong time": (
+        "reminders show up late",
+        "the reminder notification arrives at the wrong hour",
+    ),
+    "No notifications arrive": (
+        "I receive no notifications anymore",
+        "no reminders or push messages come through at all",
+    ),
+    "Notification text is cut off": (
+        "the notification only shows part of the text",
+        "reminder text is cut short in the notification",
+    ),
+    "Charged twice for the subscription": (
+        "my card was billed twice for one subscription",
+        "I see two payments for the same plan",
+    ),
+    "Cannot upgrade to the Pro plan": (
+        "upgrading to the pro plan fails",
+        "I can't buy the Pro subscription, it errors out",
+    ),
+    "Full card number shown on the billing page": (
+        "the billing page shows my entire card number",
+        "my complete credit card number is visible in billing",
+    ),
+    "App does not start after changing the language": (
+        "since changing the language the app doesn't open",
+        "the app fails to launch after I picked another language",
+    ),
+    "Settings reset after restart": (
+        "my preferences are lost whenever I restart the app",
+        "settings don't save between sessions",
+    ),
+    "Toggle labels swapped in settings": (
+        "the switches in settings show the wrong labels",
+        "on and off are mixed up on the settings toggles",
+    ),
+}
+ISSUES = [Issue(i.component, i.kind, i.title, i.train + _MORE_TRAIN[i.title], i.test) for i in ISSUES]
+
 PLATFORM_PHRASES = {
     "windows": (("on Windows 11", "on my Windows 10 laptop", "win11 desktop", "on a Windows PC"), ("Surface laptop running Windows",)),
     "macos": (("on my Mac", "on macOS Sonoma", "MacBook Pro with macOS 14", "on a mac mini"), ("macOS Ventura on an iMac",)),
@@ -136,18 +233,15 @@ PLATFORM_PHRASES = {
 VERSION_FORMS = (("v{M}.{m}.{p}", "version {M}.{m}.{p}", "app version {M}.{m}.{p}", "ver {M}.{m}"),
                  ("build {M}.{m}.{p}", "release {M}.{m}"))  # fmt: skip
 REPRO_PHRASES = {
-    "always": (("it happens every time", "100% reproducible", "always happens", "each and every time I try"), ("consistently, without fail",)),
-    "sometimes": (("it happens sometimes", "it's intermittent", "maybe 1 in 3 tries", "every now and then"), ("hit or miss",)),
-    "once": (("it only happened once so far", "I saw it one time", "happened once yesterday"), ("a one-off so far",)),
+    "always": (("it happens every time", "100% reproducible", "always happens", "each and every time I try", "reproducible every single time", "it never fails to happen", "happens 10/10 times", "reliably reproducible", "it does this always"), ("consistently, without fail",)),
+    "sometimes": (("it happens sometimes", "it's intermittent", "maybe 1 in 3 tries", "every now and then", "happens occasionally", "only some of the time", "not every time", "randomly, maybe twice a day", "on and off", "once in a while"), ("hit or miss",)),
+    "once": (("it only happened once so far", "I saw it one time", "happened once yesterday", "it just happened one time", "only once, I can't reproduce it", "it happened a single time", "first time I've seen it"), ("a one-off so far",)),
 }  # fmt: skip
 REGRESSION_PHRASES = {
-    True: (("this started after the last update", "it worked fine in the previous version", "it used to work before updating",
-            "it broke after upgrading"), ("was fine until the latest release",)),
-    False: (("it has never worked for me", "it's been like this since I installed it", "it never worked on this device"),
-            ("it's been broken from day one",)),
+    True: (("this started after the last update", "it worked fine in the previous version", "it used to work before updating", "it broke after upgrading", "it was working last week before the upgrade", "after the update this started", "the previous release didn't have this problem", "it stopped working after I updated"), ("was fine until the latest release",)),
+    False: (("it has never worked for me", "it's been like this since I installed it", "it never worked on this device", "it was like this from the start", "it didn't work the first time I tried either", "it has never worked properly", "same problem since I first installed it"), ("it's been broken from day one",)),
 }  # fmt: skip
-WORKAROUNDS = (("restarting the app makes it go away for a while", "workaround: I use the web version for now",
-                "I can get around it by logging out and back in", "a reinstall fixes it temporarily"),
+WORKAROUNDS = (("restarting the app makes it go away for a while", "workaround: I use the web version for now", "I can get around it by logging out and back in", "a reinstall fixes it temporarily", "as a workaround I restart my phone", "I work around it by copying the text first", "switching to the desktop app gets me through", "clearing the cache helps temporarily"),
                ("for now I just use my phone instead",))  # fmt: skip
 ERRORS = {
     "login": ("AuthError: invalid session token", "Error 401: Unauthorized", "Something went wrong (code {n4})"),
@@ -410,7 +504,7 @@ data:
   test: test.jsonl
 train:                        # sized so that `tasktune demo` trains in about 10 minutes on 2 CPU cores
   method: lora
-  max_steps: 80               # 80 x 16 = 1,280 reports; more steps keep improving the score
+  max_steps: 72               # 72 x 16 = 1,152 reports; more steps keep improving the score
   batch_size: 16
   learning_rate: 1.0e-3       # high for LoRA, right for a short run on a small model
   eval_every: 40
