@@ -57,6 +57,7 @@ def run_demo(out: str | Path, *, n: int = 10000, test_rows: int = 100, seed: int
 
     print(f"tasktune demo: [3/4] fine-tuning {cfg.model} with {cfg.method} on the training split")
     result = train(task, cfg, out / "run")
+    gc.collect()  # free the training model and optimizer before generation needs the memory bandwidth
 
     print("tasktune demo: [4/4] tuned model on the bare reports (no instruction)")
     tuned = Predictor.from_run(out / "run")
