@@ -250,7 +250,10 @@ def _split_eval(rows: list[Example], share: float, seed: int) -> tuple[list[Exam
 
 def suggest_max_new_tokens(rows: list[Encoded]) -> int:
     """Room for the longest training answer and half again: generous enough, yet a runaway answer stops early."""
-    longest = max((r.n_supervised for r in rows), default=128)
+    return _answer_cap(max((r.n_supervised for r in rows), default=128))
+
+
+def _answer_cap(longest: int) -> int:
     return int(min(2048, math.ceil(longest * 1.5) + 16))
 
 
@@ -259,8 +262,7 @@ def suggest_max_new_tokens_for_answers(model_spec: str, answers: list[str]) -> i
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model(model_spec).path)
-    longest = max((len(tok.encode(a, add_special_tokens=False)) + 1 for a in answers[:5000]), default=128)
-    return int(min(2048, math.ceil(longest * 1.5) + 16))
+    return _answer_cap(max((len(tok.encode(a, add_special_tokens=False)) + 1 for a in answers[:5000]), default=128))
 
 
 def train(task: TaskConfig, cfg: TrainConfig, out: str | Path) -> TrainResult:
