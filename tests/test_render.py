@@ -6,6 +6,7 @@ import torch
 
 from tasktune.data import Example
 from tasktune.render import IGNORE, ChatFormat
+from tasktune.runtime import PAD_MULTIPLE
 from tasktune.train import collate
 
 ROW = [{"role": "user", "content": "urgent the app crashes"}, {"role": "assistant", "content": '{"kind": "bug"}'}]
@@ -35,7 +36,7 @@ def test_eos_stays_supervised_when_pad_equals_eos(tiny_tokenizer):
     assert batch["labels"][0, n - 1].item() == eos
     assert batch["labels"][0, n:].eq(IGNORE).all()
     assert batch["attention_mask"][0, n:].eq(0).all()
-    assert batch["labels"][1, -1].item() == eos
+    assert batch["labels"][1, len(long.input_ids) - 1].item() == eos
 
 
 def test_training_render_equals_inference_render(tiny_tokenizer):
@@ -100,3 +101,5 @@ def test_collate_shapes(tiny_tokenizer):
     batch = collate([fmt.encode_example(ROW)] * 3, tiny_tokenizer.pad_token_id)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert batch["input_ids"].dtype == torch.long
+    assert batch["input_ids"].shape[1] % PAD_MULTIPLE == 0  # few distinct shapes: see runtime.PAD_MULTIPLE
+    assert batch["attention_mask"].sum(1).tolist() == [len(fmt.encode_example(ROW).input_ids)] * 3

@@ -81,6 +81,16 @@ def test_supervised_only_logits_give_the_plain_loss(tiny_model, task_dir):
     torch.testing.assert_close(fast / n_fast, reference, rtol=1e-5, atol=1e-5)  # transformers' own masked mean
 
 
+def test_padding_to_bucket_widths_leaves_the_loss_unchanged(tiny_model, task_dir):
+    model, tok = load_base(tiny_model)
+    rows, _ = encode_rows(ChatFormat(tok), read_examples(task_dir / "train.jsonl")[:6], None, 1024)
+    tight, bucketed = collate(rows, tok.pad_token_id, multiple=1), collate(rows, tok.pad_token_id, multiple=64)
+    assert bucketed["input_ids"].shape[1] % 64 == 0 and bucketed["input_ids"].shape[1] > tight["input_ids"].shape[1]
+    (a, n_a), (b, n_b) = token_loss(model, tight), token_loss(model, bucketed)
+    assert n_a == n_b
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_grad_accumulation_equals_one_big_batch(tiny_model, task_dir):
     """4 rows as one batch, or as 2 micro-batches of 2: the loss is normalised over the window, so the step is equal."""
     results = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from tasktune.render import ChatFormat
-from tasktune.runtime import progress_enabled
+from tasktune.runtime import padded_width, progress_enabled
 
 
 @dataclass
@@ -46,7 +46,7 @@ def generate(
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
+        width = padded_width(max(len(prompts[i]) for i in idx))  # few distinct shapes: see runtime.PAD_MULTIPLE
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):

@@ -25,7 +25,7 @@ from tasktune.fsio import atomic_dir, ensure_writable_dir
 from tasktune.models import load_base, resolve_model
 from tasktune.render import IGNORE, ChatFormat, Encoded
 from tasktune.rundir import MetricsLog, RunInfo, write_config, write_env
-from tasktune.runtime import make_accelerator, progress_enabled, resolve_precision
+from tasktune.runtime import PAD_MULTIPLE, make_accelerator, padded_width, progress_enabled, resolve_precision
 from tasktune.strategies import count_parameters, get_strategy, save_trained
 
 
@@ -76,9 +76,9 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     return batches
 
 
-def collate(rows: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(rows: list[Encoded], pad_id: int, multiple: int = PAD_MULTIPLE) -> dict[str, torch.Tensor]:
     """Right-pad; labels of padding are IGNORE by construction, not by comparing ids with pad (pad may equal EOS)."""
-    width = max(len(r.input_ids) for r in rows)
+    width = padded_width(max(len(r.input_ids) for r in rows), multiple)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
