@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,19 @@ demo: install
 	$(BIN)/tasktune demo
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 format: install
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+# Speed figures for the README's Performance section (by hand, on a quiet machine: ~30 minutes in all).
+bench: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/train_throughput.py --json bench-train-lora.json
+	$(BIN)/python benchmarks/train_throughput.py --method full --json bench-train-full.json
+	$(BIN)/python benchmarks/generate_throughput.py --json bench-generate.json
 
 test: install lint
 	$(BIN)/python -m pytest
