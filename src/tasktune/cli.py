@@ -1,5 +1,6 @@
 """The `tasktune` command: parse flags, call the library function, print. No logic lives here.
 
+tasktune check   DATA [DATA ...] | --task task.yaml  check a data set before training (exit 1 on errors)
 tasktune train   --task task.yaml --out RUN        fine-tune (or --data train.jsonl instead of --task)
 tasktune predict RUN --input "raw text"            answer raw inputs with a tuned run
 """
@@ -87,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.data:
         task.data.train = str(Path(args.data).resolve())
     cfg = merge_overrides(task.train, overrides_from(args))
-    result = train(task, cfg, args.out)
+    result = train(task, cfg, args.out, force=args.force)
     print(
         f"tasktune: trained {result.steps} steps in {result.seconds:.0f}s"
         f" ({result.tokens_per_s:.0f} tokens/s); final train loss {result.train_loss:.4f}"
@@ -95,6 +96,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f'tasktune: run saved to {result.run_dir}  (try: tasktune predict {result.run_dir} --input "...")')
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from tasktune import check
+    from tasktune.fsio import atomic_write_json
+    from tasktune.models import load_tokenizer
+
+    task = load_task(args.task) if args.task else None
+    if args.data:
+        splits = check.files_as_splits(args.data)
+    elif task is not None:
+        splits = check.task_splits(task)
+        if not splits:
+            raise TaskTuneError(f"the task {args.task} names no data files", "set data.train in it, or pass DATA files")
+    else:
+        raise TaskTuneError("check needs DATA files or --task TASK.yaml", "pass one of them")
+    base = task.train if task is not None else TrainConfig()
+    cfg = check.CheckConfig(
+        model=args.model or base.model,
+        max_length=args.max_length or base.max_length,
+        method=args.method or base.method,
+        instruction=task.instruction if task is not None and task.train_with_instruction else None,
+    )
+    if args.fix:
+        check.check_fix_target(splits, args.fix)  # bad usage fails before the scan, not after
+    report = check.check_dataset(splits, task=task, cfg=cfg)
+    print(report.format(details=args.details))
+    if args.show:
+        first = next(iter(splits.values()))
+        color = sys.stdout.isatty()
+        print(f"\nmask preview: the first {args.show} row(s) of {first} as trained; supervised tokens "
+              + ("in green" if color else "in [[...]]"))  # fmt: skip
+        tokenizer = load_tokenizer(cfg.model)
+        print(check.preview_rows(first, tokenizer, args.show, instruction=cfg.instruction, color=color))
+    if args.json:
+        atomic_write_json(args.json, report.to_dict())
+        print(f"tasktune: report written to {args.json}")
+    if args.fix:
+        kept = check.write_fixed(report, splits, args.fix, task=task)
+        dropped = sum(len(d) for d in report.drops.values())
+        print(f"tasktune: cleaned copies in {args.fix} ({', '.join(f'{k} {v:,} rows' for k, v in kept.items())}); "
+              f"{dropped:,} dropped row(s) listed in {Path(args.fix) / 'dropped.jsonl'}")  # fmt: skip
+    return 1 if report.errors else 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -199,10 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tasktune", description="Embed a task into a language model's weights.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("check", help="check a data set before training: every problem with its file, line and fix")
+    p.add_argument("data", nargs="*", help="JSONL/CSV files: the first is the training split, the others held out")
+    p.add_argument("--task", help="task file: its data splits, output kind, schema and training settings")
+    p.add_argument("--model", help="base model whose tokenizer counts tokens (default: the task's, else built-in)")
+    p.add_argument("--max-length", type=int, help="row length limit in tokens (default: the task's, else 1024)")
+    p.add_argument("--method", choices=["lora", "full"], help="training method, for the row-count check")
+    p.add_argument("--show", type=int, default=0, metavar="N", help="print N rendered rows, supervised tokens marked")
+    p.add_argument("--json", help="write the full report here")
+    p.add_argument("--fix", metavar="OUT", help="write cleaned copies and dropped.jsonl into this new folder")
+    p.add_argument("--details", type=int, default=3, help="locations printed per finding")
+    p.set_defaults(func=cmd_check)
+
     p = sub.add_parser("train", help="fine-tune a base model on a task")
     p.add_argument("--task", help="task file (task.yaml)")
     p.add_argument("--data", help="training rows (JSONL/CSV); replaces the task's data.train")
     p.add_argument("--out", required=True, help="run folder to create (must not exist or be empty)")
+    p.add_argument("--force", action="store_true", help="train even when the data check finds errors")
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=cmd_train)
 

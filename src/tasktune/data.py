@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,11 @@ class Example:
 
 
 class RowError(ValueError):
-    """A row-level problem; the reader attaches file and line."""
+    """A row-level problem; the reader attaches file and line. `code` is a stable id (`tasktune check` reports it)."""
+
+    def __init__(self, message: str, code: str = "wrong-type"):
+        super().__init__(message)
+        self.code = code
 
 
 def answer_text(value) -> str:
@@ -70,7 +75,7 @@ def answer_text(value) -> str:
 def row_to_messages(row: dict, *, require_answer: bool) -> list[dict[str, str]]:
     """Normalise one parsed row into chat messages, or raise RowError saying what is wrong and what is expected."""
     if not isinstance(row, dict):
-        raise RowError(f"expected a JSON object, got {type(row).__name__}")
+        raise RowError(f"expected a JSON object, got {type(row).__name__}", "wrong-type")
     if "messages" in row:
         messages = _check_messages(row["messages"], "messages")
     elif "input" in row:
@@ -89,22 +94,23 @@ def row_to_messages(row: dict, *, require_answer: bool) -> list[dict[str, str]]:
             messages.append({"role": "assistant", "content": _answer(c, "completion")})
     else:
         keys = ", ".join(sorted(row)) or "none"
-        raise RowError(f"no 'input', 'messages' or 'prompt' field (row has: {keys})")
+        raise RowError(f"no 'input', 'messages' or 'prompt' field (row has: {keys})", "missing-field")
     if require_answer:
         if not messages or messages[-1]["role"] != "assistant":
-            raise RowError("no answer: add 'output' (or 'completion', or a final assistant message)")
+            code = "no-assistant-turn" if "messages" in row or isinstance(row.get("prompt"), list) else "missing-answer"
+            raise RowError("no answer: add 'output' (or 'completion', or a final assistant message)", code)
         if not messages[-1]["content"].strip():
-            raise RowError("the answer is empty")
+            raise RowError("the answer is empty", "empty-field")
     if not any(m["role"] == "user" for m in messages):
-        raise RowError("no user turn")
+        raise RowError("no user turn", "no-user-turn")
     return messages
 
 
 def _text(value, name: str) -> str:
     if not isinstance(value, str):
-        raise RowError(f"field '{name}' must be a string, got {type(value).__name__}")
+        raise RowError(f"field '{name}' must be a string, got {type(value).__name__}", "wrong-type")
     if not value.strip():
-        raise RowError(f"field '{name}' is empty")
+        raise RowError(f"field '{name}' is empty", "empty-field")
     return value
 
 
@@ -118,59 +124,89 @@ def _answer(value, name: str) -> str:
 
 def _check_messages(value, name: str) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise RowError(f"field '{name}' must be a non-empty list of {{role, content}} objects")
+        code = "empty-field" if isinstance(value, list) else "wrong-type"
+        raise RowError(f"field '{name}' must be a non-empty list of {{role, content}} objects", code)
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise RowError(f"{name}[{i}] must be an object with 'role' and 'content'")
+            raise RowError(f"{name}[{i}] must be an object with 'role' and 'content'", "wrong-type")
         if m["role"] not in ROLES:
-            raise RowError(f"{name}[{i}]: unknown role {m['role']!r} (allowed: {', '.join(ROLES)})")
+            raise RowError(f"{name}[{i}]: unknown role {m['role']!r} (allowed: {', '.join(ROLES)})", "unknown-role")
         content = m["content"]
         if m["role"] == "assistant" and isinstance(content, (dict, list)):
             content = answer_text(content)
         if not isinstance(content, str):
-            raise RowError(f"{name}[{i}].content must be a string, got {type(content).__name__}")
+            raise RowError(f"{name}[{i}].content must be a string, got {type(content).__name__}", "wrong-type")
         out.append({"role": m["role"], "content": content})
     return out
+
+
+# Undecodable bytes become lone surrogates (U+DC80..U+DCFF) under "surrogateescape": the rest of the file stays
+# readable, each bad line is reported on its own, and `tasktune check --fix` can copy good lines byte for byte.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def open_rows(path: str | Path):
+    """Open a data file as text for reading rows; `iter_raw_rows` and `tasktune check --fix` number lines alike."""
+    path = Path(path)
+    try:
+        # utf-8-sig: a byte-order mark that some editors write is not part of the first row (or CSV header)
+        return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")  # the caller closes it
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}", "check the data file path") from None
+
+
+def _not_utf8(text: str) -> RowError | None:
+    bad = _NOT_UTF8.search(text)
+    if bad is None:
+        return None
+    return RowError(f"bytes that are not UTF-8 at column {bad.start() + 1}: re-save the file as UTF-8", "non-utf8")
 
 
 def iter_raw_rows(path: str | Path) -> Iterator[tuple[int, object]]:
     """Yield (line number, parsed row or RowError) for every row; never stops at a bad one."""
     path = Path(path)
-    try:
-        f = open(path, encoding="utf-8", newline="")  # noqa: SIM115 (closed below; generator)
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}", "check the data file path") from None
-    with f:
+    with open_rows(path) as f:
+        if path.suffix.lower() == ".csv":
+            reader = csv.DictReader(f)
+            for row in reader:
+                values = [v for v in row.values() if isinstance(v, str)]
+                err = next(filter(None, map(_not_utf8, values)), None)
+                yield reader.line_num, err or {k: v for k, v in row.items() if k is not None}
+            return
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            err = _not_utf8(line)
+            if err is not None:
+                yield lineno, err
+                continue
+            try:
+                yield lineno, json.loads(line.rstrip("\r\n"))  # so an unclosed string reads as unterminated
+            except json.JSONDecodeError as e:
+                yield lineno, RowError(f"not valid JSON ({e.msg} at column {e.colno})", "unreadable-line")
+
+
+def iter_rows(path: str | Path, *, require_answer: bool = True) -> Iterator[tuple[int, Example | RowError]]:
+    """Yield (line number, Example or RowError) for every row of a file: the one row parser of tasktune."""
+    for lineno, row in iter_raw_rows(path):
+        if isinstance(row, RowError):
+            yield lineno, row
+            continue
         try:
-            if path.suffix.lower() == ".csv":
-                reader = csv.DictReader(f)
-                for row in reader:
-                    yield reader.line_num, {k: v for k, v in row.items() if k is not None}
-                return
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield lineno, RowError(f"not valid JSON ({e.msg} at column {e.colno})")
-        except UnicodeDecodeError as e:
-            raise DataError(
-                f"{path}: bytes that are not UTF-8 near byte {e.start}", "re-save the file as UTF-8"
-            ) from None
+            yield lineno, Example(row_to_messages(row, require_answer=require_answer), str(path), lineno, row)
+        except RowError as e:
+            yield lineno, e
 
 
 def read_examples(path: str | Path, *, require_answer: bool = True) -> list[Example]:
     """All rows of a file as Examples; any malformed row fails the read with every problem listed."""
     examples, errors = [], []
-    for lineno, row in iter_raw_rows(path):
-        try:
-            if isinstance(row, RowError):
-                raise row
-            examples.append(Example(row_to_messages(row, require_answer=require_answer), str(path), lineno, row))
-        except RowError as e:
-            errors.append(f"{path}:{lineno}: {e}")
+    for lineno, item in iter_rows(path, require_answer=require_answer):
+        if isinstance(item, RowError):
+            errors.append(f"{path}:{lineno}: {item}")
+        else:
+            examples.append(item)
     if errors:
         shown = "\n".join(errors[:MAX_ERRORS_SHOWN])
         more = f"\n... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tasktune.errors import TaskTuneError
 
@@ -38,6 +38,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise TaskTuneError(f"cannot write {path}: {e.strerror}", "check free disk space and permissions") from None
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text file to write piece by piece (no need to hold it all in memory); it replaces `path` only when the block
+    ends without an error. Lone surrogates from files read with errors="surrogateescape" go back out as their bytes."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise TaskTuneError(f"cannot write {path}: {e.strerror}", "choose a folder you can write to") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise TaskTuneError(f"cannot write {path}: {e.strerror}", "check free disk space and permissions") from None
+        raise
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

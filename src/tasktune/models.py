@@ -60,7 +60,7 @@ def resolve_model(spec: str) -> ModelRef:
     )
 
 
-def _builtin_folder(name: str) -> Path:
+def _builtin_gguf(name: str) -> Path:
     package, filename, install = BUILTIN_MODELS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
@@ -68,7 +68,15 @@ def _builtin_folder(name: str) -> Path:
     gguf = Path(spec.origin).parent / filename
     if not gguf.is_file():
         raise ModelError(f"{gguf} is missing from the installed package", f"reinstall it: `{install}`")
-    return _gguf_to_folder(gguf, name)
+    return gguf
+
+
+def _builtin_folder(name: str) -> Path:
+    return _gguf_to_folder(_builtin_gguf(name), name)
+
+
+def _converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 def _gguf_cache_name(path: Path) -> str:
@@ -80,7 +88,7 @@ def _gguf_cache_name(path: Path) -> str:
 def _gguf_to_folder(gguf: Path, name: str) -> Path:
     """Dequantise a GGUF file into a safetensors folder in the cache (once), and return the folder."""
     target = cache_home() / "models" / name
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _converted(target):
         return target
     try:
         import gguf as _  # noqa: F401  (transformers needs it to read GGUF)
@@ -115,6 +123,30 @@ def _hf_cache_lookup(repo_id: str) -> Path | None:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # not cached (or not a valid id): the caller explains what to do
         return None
+
+
+def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
+    """A base model's tokenizer without loading its weights (or converting a GGUF file): for checks before training."""
+    from transformers import AutoTokenizer
+
+    p = Path(spec).expanduser()
+    gguf = _builtin_gguf(spec) if spec in BUILTIN_MODELS else p if p.suffix == ".gguf" else None
+    if gguf is not None and not gguf.is_file():
+        raise ModelError(f"model file {gguf} does not exist", "check the --model path")
+    folder = None
+    if gguf is not None:
+        cached = cache_home() / "models" / (spec if spec in BUILTIN_MODELS else _gguf_cache_name(gguf))
+        folder = cached if _converted(cached) else None
+    else:
+        folder = resolve_model(spec).path  # a local or cached Hugging Face folder: nothing is converted
+    try:
+        if folder is not None:
+            return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"cannot load the tokenizer of {spec}: {e}", "pass a model folder with tokenizer files"
+        ) from None
 
 
 def load_base(path: Path, *, trust_remote_code: bool = False):
