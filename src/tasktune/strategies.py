@@ -20,6 +20,7 @@ class Strategy:
     weights_dir: str  # sub-folder of the run that holds the trained weights
     mergeable: bool  # can the result be folded into plain model weights?
     description: str
+    frozen_base: bool = False  # base weights are not trained: under bf16 they can be stored in bf16
 
 
 def _prepare_lora(model, cfg: TrainConfig):
@@ -48,7 +49,9 @@ def _prepare_full(model, cfg: TrainConfig):
 
 
 STRATEGIES: dict[str, Strategy] = {
-    "lora": Strategy("lora", _prepare_lora, "adapter", True, "low-rank adapters on the linear layers (peft)"),
+    "lora": Strategy(
+        "lora", _prepare_lora, "adapter", True, "low-rank adapters on the linear layers (peft)", frozen_base=True
+    ),
     "full": Strategy("full", _prepare_full, "model", True, "every weight of the model is trained"),
 }
 

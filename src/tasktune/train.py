@@ -265,9 +265,13 @@ def suggest_max_new_tokens_for_answers(model_spec: str, answers: list[str]) -> i
     return _answer_cap(max((len(tok.encode(a, add_special_tokens=False)) + 1 for a in answers[:5000]), default=128))
 
 
-def train(task: TaskConfig, cfg: TrainConfig, out: str | Path) -> TrainResult:
-    """Fine-tune `cfg.model` on the task's training rows and write a run directory to `out`."""
+def train(task: TaskConfig, cfg: TrainConfig, out: str | Path, *, force: bool = False) -> TrainResult:
+    """Fine-tune `cfg.model` on the task's training rows and write a run directory to `out`.
+
+    The data check (`tasktune check`, tokenizer only) runs first; its errors stop training unless `force`."""
     from accelerate.utils import set_seed
+
+    from tasktune.check import check_for_training
 
     strategy = get_strategy(cfg.method)
     train_path = task.data_path("train")
@@ -275,6 +279,7 @@ def train(task: TaskConfig, cfg: TrainConfig, out: str | Path) -> TrainResult:
         raise ConfigError(
             "the task has no training data (data.train)", "set data.train in the task file or pass --data"
         )
+    check_for_training(task, cfg, force=force)
     rows = read_examples(train_path)
     eval_path = task.data_path("eval")
     if eval_path is not None:
@@ -301,10 +306,14 @@ def train(task: TaskConfig, cfg: TrainConfig, out: str | Path) -> TrainResult:
         )
     eval_rows, _ = encode_rows(fmt, eval_examples[: cfg.eval_max_rows], instruction, cfg.max_length)
 
+    precision = resolve_precision(cfg.precision)
+    if strategy.frozen_base and precision == "bf16":
+        # Frozen weights need no fp32 master copy. Stored in bf16 they skip autocast's per-step casts and halve their
+        # memory; peft keeps the trained adapter weights in fp32 (autocast_adapter_dtype).
+        model = model.to(torch.bfloat16)
     set_seed(cfg.seed)
     model = strategy.prepare(model, cfg)
     trainable, total = count_parameters(model)
-    precision = resolve_precision(cfg.precision)
     if accelerator.is_main_process:
         config = task.to_yaml_dict()
         # Self-describing: the schema inline and data paths absolute, so eval and diagnose need nothing else.
