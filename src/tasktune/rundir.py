@@ -5,7 +5,7 @@ RUN/
   config.yaml     the resolved task and training settings
   metrics.jsonl   one JSON object per logged step (train/loss, eval/loss, ...)
   env.json        versions, seed, precision, dataset fingerprints
-  adapter/        PEFT adapter + tokenizer + chat template   (lora)
+  adapter/        PEFT adapter + tokenizer + chat template   (lora, prefix, prompt)
   model/          full safetensors model + tokenizer          (full)
 """
 

@@ -1,6 +1,8 @@
 """Adaptation strategies: how a base model is prepared for training and how the result is saved and reloaded.
 
-Everything else (data, loop, eval) is shared: with `peft`, full fine-tuning and LoRA differ only here.
+Everything else (data, loop, eval) is shared: with `peft`, full fine-tuning, LoRA, prefix tuning and prompt tuning
+differ only here. What a strategy cannot do (merge a prefix or a soft prompt into the weights) is refused here, with
+a message that says what to do instead.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ class Strategy:
     mergeable: bool  # can the result be folded into plain model weights?
     description: str
     frozen_base: bool = False  # base weights are not trained: under bf16 they can be stored in bf16
+    # Positions the trained model puts before the input ids: prompt tuning prepends its soft prompt to the input
+    # embeddings, so the logits come out that many positions longer than the labels (train.token_loss aligns them).
+    prepended_tokens: Callable[[TrainConfig], int] = lambda cfg: 0
 
 
 def _prepare_lora(model, cfg: TrainConfig):
@@ -48,11 +53,58 @@ def _prepare_full(model, cfg: TrainConfig):
     return model
 
 
+def _prepare_prefix(model, cfg: TrainConfig):
+    from peft import PrefixTuningConfig, get_peft_model
+
+    # Trained key/value pairs for every layer, read from a cache-like object: with transformers 5 peft hands them to
+    # the model as a DynamicCache, which is why `token_loss` passes use_cache=False (the prefix is not our cache).
+    peft_cfg = PrefixTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=cfg.prefix.num_virtual_tokens,
+        prefix_projection=cfg.prefix.projection,
+        encoder_hidden_size=model.config.hidden_size,
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def _prepare_prompt(model, cfg: TrainConfig):
+    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+
+    kwargs = {}
+    if cfg.prompt.init_text:
+        from tasktune.models import resolve_model
+
+        kwargs = {
+            "prompt_tuning_init": PromptTuningInit.TEXT,
+            "prompt_tuning_init_text": cfg.prompt.init_text,
+            "tokenizer_name_or_path": str(resolve_model(cfg.model).path),
+        }
+    peft_cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.prompt.num_virtual_tokens, **kwargs)
+    return get_peft_model(model, peft_cfg)
+
+
 STRATEGIES: dict[str, Strategy] = {
     "lora": Strategy(
         "lora", _prepare_lora, "adapter", True, "low-rank adapters on the linear layers (peft)", frozen_base=True
     ),
     "full": Strategy("full", _prepare_full, "model", True, "every weight of the model is trained"),
+    "prefix": Strategy(
+        "prefix",
+        _prepare_prefix,
+        "adapter",
+        False,
+        "trained key/value prefix in every attention layer (peft prefix tuning)",
+        frozen_base=True,
+    ),
+    "prompt": Strategy(
+        "prompt",
+        _prepare_prompt,
+        "adapter",
+        False,
+        "trained soft-prompt embeddings before every input (peft prompt tuning)",
+        frozen_base=True,
+        prepended_tokens=lambda cfg: cfg.prompt.num_virtual_tokens,
+    ),
 }
 
 
@@ -74,6 +126,21 @@ def load_trained(strategy: Strategy, base_model, folder: Path):
 
         return PeftModel.from_pretrained(base_model, folder)
     raise AssertionError("full runs are loaded from their own model folder")
+
+
+def merge_weights(strategy: Strategy, model):
+    """Fold a trained adapter into plain model weights; refuses, with the alternative, where that is impossible."""
+    if not strategy.mergeable:
+        raise TaskTuneError(
+            f"a {strategy.name} run cannot be merged into the model weights: its trained part is extra"
+            f" {'key/value prefixes' if strategy.name == 'prefix' else 'input embeddings'} that every request"
+            " needs, not a change of existing weights",
+            "use the run as it is (predict, eval and serve load the adapter onto the base model), or train with"
+            " --method lora or --method full if you need one merged model folder",
+        )
+    if strategy.weights_dir == "model":
+        return model
+    return model.merge_and_unload()
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -91,26 +91,36 @@ def collate(rows: list[Encoded], pad_id: int, multiple: int = PAD_MULTIPLE) -> d
 
 
 # --- loss ---------------------------------------------------------------------------------------------------------
-def token_loss(model, batch: dict[str, torch.Tensor], supervised_only: bool = True) -> tuple[torch.Tensor, int]:
+def token_loss(
+    model, batch: dict[str, torch.Tensor], supervised_only: bool = True, prepended: int = 0
+) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over supervised positions, and their count.
 
     With `supervised_only`, the output projection runs only where a label is supervised (transformers'
     `logits_to_keep` boolean mask): a 49k-wide vocabulary matmul per prompt token is the largest waste in SFT.
+    `prepended`: positions the model puts before the input ids (prompt tuning's soft prompt, see
+    `Strategy.prepended_tokens`); its logits run that much longer, so the mask gets as many False columns in front.
     """
     targets_all = batch["labels"][:, 1:]
     keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
     keep[:, :-1] = targets_all != IGNORE
     targets = targets_all[targets_all != IGNORE]
     kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-    logits = model(**kwargs, logits_to_keep=keep).logits if supervised_only else model(**kwargs).logits
+    if supervised_only:
+        model_keep = F.pad(keep, (prepended, 0), value=False) if prepended else keep
+        logits = model(**kwargs, logits_to_keep=model_keep).logits
+    else:
+        logits = model(**kwargs).logits
     if logits.dim() == 3:  # full logits (plain path, or a model without boolean logits_to_keep)
-        logits = logits[:, -keep.shape[1] :][keep]
+        logits = logits[:, -keep.shape[1] :][keep]  # the last positions are the input ids' own
     loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
     return loss_sum, int(targets.numel())
 
 
 @torch.no_grad()
-def evaluate_loss(model, rows: list[Encoded], pad_id: int, batch_size: int, accelerator) -> float | None:
+def evaluate_loss(
+    model, rows: list[Encoded], pad_id: int, batch_size: int, accelerator, prepended: int = 0
+) -> float | None:
     if not rows:
         return None
     model.eval()
@@ -120,7 +130,7 @@ def evaluate_loss(model, rows: list[Encoded], pad_id: int, batch_size: int, acce
         batch = collate([rows[i] for i in order[j : j + batch_size]], pad_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            s, n = token_loss(model, batch)
+            s, n = token_loss(model, batch, prepended=prepended)
         total += s.item()
         count += n
     model.train()
@@ -160,6 +170,7 @@ def fit(
 
     world, rank = accelerator.num_processes, accelerator.process_index
     total_steps = plan_steps(len(train_rows), cfg, world)
+    prepended = get_strategy(cfg.method).prepended_tokens(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.resolved_learning_rate(), weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
@@ -188,7 +199,7 @@ def fit(
         for i, batch in enumerate(batches):
             sync = accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                s, _ = token_loss(model, batch, cfg.supervised_logits_only)
+                s, _ = token_loss(model, batch, cfg.supervised_logits_only, prepended)
                 # DDP averages gradients over processes; scaling by `world` turns that average back into a sum.
                 accelerator.backward(s * world / max(window_sup, 1))
             loss_sum += s.item()
@@ -214,7 +225,7 @@ def fit(
         }
         if step % cfg.eval_every == 0 or step == total_steps:
             t_eval = time.perf_counter()
-            eval_loss = evaluate_loss(model, eval_rows, pad_id, cfg.batch_size, accelerator)
+            eval_loss = evaluate_loss(model, eval_rows, pad_id, cfg.batch_size, accelerator, prepended)
             eval_seconds += time.perf_counter() - t_eval
             if eval_loss is not None:
                 record["eval/loss"] = eval_loss
