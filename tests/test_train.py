@@ -190,3 +190,26 @@ def test_eval_split_is_held_out_when_no_eval_file(tiny_model, task_dir, tmp_path
         task, TrainConfig(model=str(tiny_model), max_steps=1, eval_split=0.25, precision="fp32"), tmp_path / "run"
     )
     assert result.train_rows == 36 and result.eval_loss is not None
+
+
+def test_bf16_lora_run_keeps_frozen_matmuls_in_bf16_and_the_rest_in_fp32(tiny_model, task_dir, tmp_path, monkeypatch):
+    """Under bf16, frozen Linear weights are stored in bf16; embeddings, norms and the trained adapter stay fp32."""
+    import tasktune.train as train_module
+
+    seen = {}
+    real_fit = train_module.fit
+
+    def spy(model, *args, **kwargs):
+        seen.update({n: p.dtype for n, p in model.named_parameters()})
+        seen["_trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", spy)
+    task = load_task(task_dir / "task.yaml")
+    cfg = TrainConfig(model=str(tiny_model), method="lora", max_steps=2, batch_size=4, precision="bf16")
+    train(task, cfg, tmp_path / "run")
+    trainable = seen.pop("_trainable")
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(seen[n] == torch.float32 for n in trainable)
+    assert any(d == torch.bfloat16 for n, d in seen.items() if n.endswith("q_proj.base_layer.weight"))
+    assert all(d == torch.float32 for n, d in seen.items() if "embed_tokens" in n or "norm" in n)
