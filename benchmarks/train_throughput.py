@@ -33,11 +33,11 @@ def _peak_rss_mb() -> float:
 
 def _token_counts(data_dir: str, rows: list) -> tuple[int, int]:
     """Real (unpadded) tokens and supervised tokens of the training rows, as tasktune renders them."""
-    from tasktune.models import load_base, resolve_model
+    from tasktune.models import load_tokenizer
     from tasktune.render import ChatFormat
     from tasktune.train import encode_rows
 
-    _, tok = load_base(resolve_model(MODEL).path)
+    tok = load_tokenizer(MODEL)
     enc, _ = encode_rows(ChatFormat(tok), rows, None, 1024)
     return sum(len(e.input_ids) for e in enc), sum(sum(1 for x in e.labels[1:] if x != -100) for e in enc)
 
