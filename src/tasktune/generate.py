@@ -44,6 +44,7 @@ def generate(
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress_enabled() or len(prompts) < 2)
     was_training = model.training
     model.eval()
+    virtual = _virtual_token_method(model)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         width = padded_width(max(len(prompts[i]) for i in idx))  # few distinct shapes: see runtime.PAD_MULTIPLE
@@ -54,17 +55,14 @@ def generate(
             ids[row, width - len(p) :] = torch.tensor(p)
             mask[row, width - len(p) :] = 1
         t0 = time.perf_counter()
-        out = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=fmt.stop_ids,
-            pad_token_id=pad_id,
-        )
+        settings = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=fmt.stop_ids, pad_token_id=pad_id)
+        if virtual is None:
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **settings)[:, width:]
+        else:
+            out = _generate_after_virtual_tokens(model, virtual, ids.to(device), mask.to(device), settings)
         latency = time.perf_counter() - t0
         for row, i in enumerate(idx):
-            new = out[row, width:].tolist()
+            new = out[row].tolist()
             stop_at = next((j for j, t in enumerate(new) if t in fmt.stop_ids), None)
             answer_ids = new if stop_at is None else new[:stop_at]
             results[i] = Generation(
@@ -78,3 +76,34 @@ def generate(
     bar.close()
     model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def _virtual_token_method(model) -> str | None:
+    """'PROMPT_TUNING' or 'PREFIX_TUNING' for a peft model with virtual tokens, else None."""
+    config = getattr(model, "active_peft_config", None)
+    kind = getattr(config, "peft_type", None)
+    return kind.value if kind is not None and kind.value in ("PROMPT_TUNING", "PREFIX_TUNING") else None
+
+
+def _generate_after_virtual_tokens(model, kind: str, ids: torch.Tensor, mask: torch.Tensor, settings: dict):
+    """Greedy decoding of a prompt- or prefix-tuned model through the base model's own generate(); new tokens only.
+
+    Written by hand because peft's generate() gets left-padded batches wrong: it drops the position ids that left
+    padding needs, so a padded prompt's answer changed with the batch it was in (a test pins this); and for prompt
+    tuning it decoded 11x slower than the base model (2.4 against 27 tokens/s, 8 prompts, one thread). Here the n
+    virtual tokens come first, then the left-padded prompt, as in training: positions count unmasked tokens only, so
+    a prompt starts at position n however much padding its batch needs, and the KV cache works as for any prompt."""
+    base = model.get_base_model()
+    batch, n = ids.shape[0], model.active_peft_config.num_virtual_tokens
+    mask = torch.cat([torch.ones((batch, n), dtype=mask.dtype, device=mask.device), mask], dim=1)
+    if kind == "PROMPT_TUNING":  # trained embeddings in front of the prompt's
+        embeds = base.get_input_embeddings()(ids)
+        virtual = model.get_prompt(batch_size=1).to(embeds.dtype).expand(batch, -1, -1)
+        return base.generate(inputs_embeds=torch.cat([virtual, embeds], dim=1), attention_mask=mask, **settings)
+    # Prefix tuning: trained keys and values fill the cache's first n slots; placeholder ids stand for them.
+    filler = torch.full((batch, n), settings["pad_token_id"], dtype=ids.dtype, device=ids.device)
+    cache = model.get_prompt(batch_size=batch)
+    out = base.generate(
+        input_ids=torch.cat([filler, ids], dim=1), attention_mask=mask, past_key_values=cache, **settings
+    )
+    return out[:, n + ids.shape[1] :]
