@@ -21,6 +21,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -157,7 +158,7 @@ def save_checkpoint(run: Path, state: TrainState, model, optimizer, scheduler, a
                 }
                 atomic_write_json(tmp / "state.json", body)
         except (OSError, TaskTuneError) as e:
-            reason = e.strerror if isinstance(e, OSError) else e.message
+            reason = (e.strerror or os.strerror(e.errno or 0)) if isinstance(e, OSError) else e.message
             earlier = find_checkpoint(run, tidy=False).path
             kept = f"the previous checkpoint {earlier} is intact" if earlier else "no earlier checkpoint exists"
             hint = "free disk space or fix the folder's permissions, then resume with: tasktune train --resume " + str(

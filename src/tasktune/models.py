@@ -165,8 +165,8 @@ def refuse_pickle(folder: Path, *, allow_pickle: bool = False, what: str = "mode
         raise ModelError(
             f"{what} folder {folder} has no safetensors weights, only pickle-based files ({', '.join(pickles)}):"
             " loading a pickle can run arbitrary code",
-            "convert them to safetensors where you trust the source (load them there and save_pretrained with"
-            " safe_serialization=True), or pass --allow-pickle if you trust this file",
+            "convert them to safetensors where you trust the source (load the model there and save_pretrained it:"
+            " it writes safetensors), or pass --allow-pickle if you trust where the file came from",
         )
 
 

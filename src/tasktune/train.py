@@ -30,7 +30,7 @@ from tasktune.checkpoint import (
 )
 from tasktune.config import TaskConfig, TrainConfig
 from tasktune.data import Example, read_examples
-from tasktune.distributed import check_engine
+from tasktune.distributed import check_engine, quiet_unless_main
 from tasktune.errors import ConfigError, DataError, TaskTuneError
 from tasktune.fsio import atomic_dir, ensure_writable_dir
 from tasktune.models import load_base, load_tokenizer, resolve_model
@@ -368,7 +368,8 @@ def train(
         )
     if not resume:
         tokenizer = load_tokenizer(cfg.model, trust_remote_code=True) if trust_remote_code else None
-        check_for_training(task, cfg, force=force, tokenizer=tokenizer)
+        with quiet_unless_main():  # every process checks (and stops on errors); one prints
+            check_for_training(task, cfg, force=force, tokenizer=tokenizer)
     rows = read_examples(train_path)
     eval_path = task.data_path("eval")
     if eval_path is not None:
@@ -485,7 +486,7 @@ def resume_run(run: str | Path, overrides: dict | None = None, **kwargs) -> Trai
         raise ConfigError(
             f"{flags} would change the training trajectory of a resumed run",
             "resume without it (a resumed run keeps its settings; only "
-            + ", ".join(sorted(RESUMABLE_OVERRIDES))
+            + ", ".join(f"--{k.replace('_', '-')}" for k in sorted(RESUMABLE_OVERRIDES))
             + " may change), or start a new run with --task/--out",
         )
     env = json.loads((run / "env.json").read_text(encoding="utf-8")) if (run / "env.json").is_file() else {}
