@@ -158,20 +158,23 @@ def save_checkpoint(run: Path, state: TrainState, model, optimizer, scheduler, a
                 }
                 atomic_write_json(tmp / "state.json", body)
         except (OSError, TaskTuneError) as e:
-            reason = (e.strerror or os.strerror(e.errno or 0)) if isinstance(e, OSError) else e.message
-            earlier = find_checkpoint(run, tidy=False).path
-            kept = f"the previous checkpoint {earlier} is intact" if earlier else "no earlier checkpoint exists"
-            hint = "free disk space or fix the folder's permissions, then resume with: tasktune train --resume " + str(
-                run
-            )
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                hint = (
-                    f"the disk is full: free space (or lower --keep-checkpoints), then: tasktune train --resume {run}"
-                )
-            raise TaskTuneError(f"cannot write checkpoint {target}: {reason}; {kept}", hint) from None
+            raise _save_error(run, target, e) from None
         _prune(run, keep)
     accelerator.wait_for_everyone()
     return target
+
+
+def _save_error(run: Path, target: Path, e: OSError | TaskTuneError) -> TaskTuneError:
+    # OSError(errno.ENOSPC) with the number alone leaves .errno unset: read it from the arguments then.
+    code = getattr(e, "errno", None) or next(iter(a for a in getattr(e, "args", ())[:1] if isinstance(a, int)), None)
+    reason = e.message if isinstance(e, TaskTuneError) else e.strerror or (os.strerror(code) if code else str(e))
+    earlier = find_checkpoint(run, tidy=False).path
+    kept = f"the previous checkpoint {earlier} is intact" if earlier else "no earlier checkpoint exists"
+    fix = "the disk is full: free space (or lower --keep-checkpoints)" if code == errno.ENOSPC else (
+        "free disk space or fix the folder's permissions")  # fmt: skip
+    return TaskTuneError(
+        f"cannot write checkpoint {target}: {reason}; {kept}", f"{fix}, then: tasktune train --resume {run}"
+    )
 
 
 def _prune(run: Path, keep: int) -> None:
