@@ -845,9 +845,9 @@ def check_dataset(splits: dict[str, str | Path], *, task: TaskConfig | None = No
     )  # fmt: skip
 
 
-def check_for_training(task: TaskConfig, cfg: TrainConfig, *, force: bool = False) -> CheckReport:
+def check_for_training(task: TaskConfig, cfg: TrainConfig, *, force: bool = False, tokenizer=None) -> CheckReport:
     """The check `tasktune train` runs before loading the model: errors stop it unless `force`."""
-    report = check_dataset(task_splits(task), task=task, cfg=CheckConfig.for_training(task, cfg))
+    report = check_dataset(task_splits(task), task=task, cfg=CheckConfig.for_training(task, cfg), tokenizer=tokenizer)
     if report.errors:
         text = report.format(details=3)
         if not force:

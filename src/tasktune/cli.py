@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import types
 import typing
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 
 from tasktune.config import TaskConfig, TrainConfig, load_task, merge_overrides
 from tasktune.data import read_examples
-from tasktune.errors import TaskTuneError
+from tasktune.errors import TaskTuneError, TrainingStopped
 
 
 # --- flags generated from the config tree (one source for YAML keys, flags and help) --------------------------------
@@ -78,18 +79,38 @@ def _train_keys() -> set[str]:
 
 # --- commands -----------------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from tasktune.train import train
+    from tasktune.distributed import launch_local, launched, without_processes_flag
+    from tasktune.train import resume_run, train
 
-    if args.task:
-        task = load_task(args.task)
-    elif args.data:
-        task = TaskConfig()
+    if args.processes > 1:
+        if launched():
+            raise TaskTuneError(
+                "--processes starts its own launcher, but this process was already started by one",
+                "set the process count in torchrun / accelerate launch and drop --processes",
+            )
+        return launch_local(without_processes_flag(args.argv), args.processes)
+    trust = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
+    if args.resume:
+        if args.task or args.data or args.out:
+            raise TaskTuneError(
+                "--resume continues a run with its own task, data and folder", "drop --task/--data/--out"
+            )
+        result = resume_run(args.resume, overrides_from(args), **trust)
     else:
-        raise TaskTuneError("train needs --task TASK.yaml or --data train.jsonl", "pass one of them")
-    if args.data:
-        task.data.train = str(Path(args.data).resolve())
-    cfg = merge_overrides(task.train, overrides_from(args))
-    result = train(task, cfg, args.out, force=args.force)
+        if args.task:
+            task = load_task(args.task)
+        elif args.data:
+            task = TaskConfig()
+        else:
+            raise TaskTuneError("train needs --task TASK.yaml or --data train.jsonl", "pass one of them")
+        if not args.out:
+            raise TaskTuneError("train needs --out RUN (the new run folder)", "pass --out runs/NAME")
+        if args.data:
+            task.data.train = str(Path(args.data).resolve())
+        cfg = merge_overrides(task.train, overrides_from(args))
+        result = train(task, cfg, args.out, force=args.force, **trust)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # the main process reports
     print(
         f"tasktune: trained {result.steps} steps in {result.seconds:.0f}s"
         f" ({result.tokens_per_s:.0f} tokens/s); final train loss {result.train_loss:.4f}"
@@ -153,7 +174,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not out.parent.exists() or not out.parent.is_dir():
             raise TaskTuneError(f"cannot write {out}: folder {out.parent} does not exist", "create it first")
     examples = read_examples(args.file, require_answer=False) if args.file else None
-    predictor = Predictor.from_run(args.run)
+    predictor = Predictor.from_run(args.run, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
     preds = predictor.predict(
         examples if examples is not None else args.input, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
     )
@@ -186,7 +207,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     examples = read_examples(data)[: args.limit]
     shots = pick_shots(task, args.shots)
     if args.run:
-        predictor = Predictor.from_run(args.run, precision=args.precision)
+        predictor = Predictor.from_run(
+            args.run, precision=args.precision, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code
+        )
         mode = "bare_input"
     else:
         instruction = task.instruction if args.with_instruction else None
@@ -197,6 +220,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             output_kind=task.output.kind,
             max_new_tokens=cap,
             precision=args.precision,
+            allow_pickle=args.allow_pickle,
+            trust_remote_code=args.trust_remote_code,
         )
         mode = "with_instruction" if instruction else "bare_input"
     if args.max_new_tokens:
@@ -268,6 +293,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_trust_flags(p: argparse.ArgumentParser) -> None:
+    # Command-line flags only, never task-file keys: a task file from elsewhere must not be able to turn them on.
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load pickle-based weight files (.bin/.pt/.pth/.ckpt) when no safetensors exist: only from sources you"
+        " trust, a pickle can run code",
+    )
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="run the Python code a model folder ships (auto_map)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tasktune", description="Embed a task into a language model's weights.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,8 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a base model on a task")
     p.add_argument("--task", help="task file (task.yaml)")
     p.add_argument("--data", help="training rows (JSONL/CSV); replaces the task's data.train")
-    p.add_argument("--out", required=True, help="run folder to create (must not exist or be empty)")
+    p.add_argument("--out", help="run folder to create (must not exist or be empty)")
     p.add_argument("--force", action="store_true", help="train even when the data check finds errors")
+    p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest complete checkpoint, same settings")
+    p.add_argument(
+        "--processes", type=int, default=1, metavar="N", help="data-parallel processes on this machine (torchrun)"
+    )
+    _add_trust_flags(p)
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=cmd_train)
 
@@ -301,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write predictions as JSONL here")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per generation batch")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default: from training)")
+    _add_trust_flags(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval", help="score generations of a tuned run, or of a base model with the instruction")
@@ -316,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="requests per generation batch")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="inference precision")
+    _add_trust_flags(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("example", help="write an example task (data, schema, task.yaml)")
@@ -370,10 +415,16 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # `train --processes N` starts itself again with the same arguments
     _quiet_libraries()
     try:
         return args.func(args)
+    except TrainingStopped as e:
+        if os.environ.get("RANK", "0") == "0":  # every process stops; the main one says how to resume
+            print(f"tasktune: {e.message}" + (f"\ntasktune: {e.hint}" if e.hint else ""), file=sys.stderr)
+        return e.exit_code
     except TaskTuneError as e:
         print(f"tasktune: error: {e}", file=sys.stderr)
         return e.exit_code

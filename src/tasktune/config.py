@@ -101,6 +101,10 @@ class TrainConfig(_Strict):
     supervised_logits_only: bool = Field(
         True, description="project to the vocabulary only at supervised positions (same loss, less compute)"
     )
+    save_every: int = Field(
+        200, ge=0, description="steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)"
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept; older ones are deleted")
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:

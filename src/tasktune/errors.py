@@ -27,3 +27,11 @@ class ConfigError(TaskTuneError):
 
 class ModelError(TaskTuneError):
     """A base model cannot be found or loaded."""
+
+
+class TrainingStopped(TaskTuneError):
+    """Training stopped on a signal after saving a checkpoint; the hint says how to resume. Exits 128 + signal."""
+
+    def __init__(self, message: str, hint: str, signum: int):
+        super().__init__(message, hint)
+        self.exit_code = 128 + signum

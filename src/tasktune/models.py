@@ -149,15 +149,43 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
         ) from None
 
 
-def load_base(path: Path, *, trust_remote_code: bool = False):
-    """Load model and tokenizer from a local folder in fp32 (bf16 is applied by autocast, not by storage)."""
+# Weight files that are Python pickles: loading one runs whatever code its author put in it.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def refuse_pickle(folder: Path, *, allow_pickle: bool = False, what: str = "model") -> None:
+    """Weights are read from safetensors only. A folder whose weights exist only as pickles is refused unless the user
+    says they trust it: unpickling a crafted file can run code, and torch.load's weights_only mode narrows that risk
+    without removing it (CVE-2025-32434 was an escape from it)."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not allow_pickle:
+        raise ModelError(
+            f"{what} folder {folder} has no safetensors weights, only pickle-based files ({', '.join(pickles)}):"
+            " loading a pickle can run arbitrary code",
+            "convert them to safetensors where you trust the source (load the model there and save_pretrained it:"
+            " it writes safetensors), or pass --allow-pickle if you trust where the file came from",
+        )
+
+
+def load_base(path: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False):
+    """Load model and tokenizer from a local folder in fp32 (bf16 is applied by autocast, not by storage).
+
+    Weights come from safetensors; pickle files only with `allow_pickle`. The folder's own Python code (an
+    `auto_map` in config.json) runs only with `trust_remote_code`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    refuse_pickle(path, allow_pickle=allow_pickle)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True
+            path,
+            dtype=torch.float32,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,  # None: safetensors where present, else the pickle
         )
     except (OSError, ValueError) as e:
         raise ModelError(

@@ -71,9 +71,19 @@ class Predictor:
         self.name = name
 
     @classmethod
-    def from_run(cls, run: str | Path, precision: str = "auto", merge: bool | None = None) -> Predictor:
+    def from_run(
+        cls,
+        run: str | Path,
+        precision: str = "auto",
+        merge: bool | None = None,
+        *,
+        allow_pickle: bool = False,
+        trust_remote_code: bool = False,
+    ) -> Predictor:
         """Load a run. `merge`: None folds the adapter into the weights where the method allows it (LoRA);
-        True demands it (an error for prefix and prompt tuning, which cannot be merged); False never merges."""
+        True demands it (an error for prefix and prompt tuning, which cannot be merged); False never merges.
+        `allow_pickle`, `trust_remote_code`: see models.load_base (off: safetensors only, no model code runs)."""
+        trust = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
         run = Path(run)
         info = RunInfo.load(run)
         strategy = get_strategy(info.method)
@@ -81,20 +91,20 @@ class Predictor:
         if not weights.is_dir():
             raise TaskTuneError(f"{weights} is missing: the run did not finish", "train again, or resume the run")
         if strategy.weights_dir == "model":
-            model, tok = load_base(weights)
+            model, tok = load_base(weights, **trust)
         else:
             base_path = Path(info.base_model_path)
             if not (base_path / "config.json").is_file():
                 base_path = resolve_model(info.base_model).path
-            base, _ = load_base(base_path)
-            model = load_trained(strategy, base, weights)
+            base, _ = load_base(base_path, **trust)
+            model = load_trained(strategy, base, weights, allow_pickle=allow_pickle)
             if merge or (merge is None and strategy.mergeable):
                 # Fold the adapter into the weights (in fp32, before any bf16 cast): the same function, and
                 # decoding no longer runs two extra small matmuls per adapted layer (measured 1.6x faster).
                 model = merge_weights(strategy, model)
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(weights)
+            tok = AutoTokenizer.from_pretrained(weights, trust_remote_code=trust_remote_code)
         return cls(
             model,
             tok,
@@ -114,8 +124,11 @@ class Predictor:
         output_kind: str = "text",
         max_new_tokens: int = 256,
         precision: str = "auto",
+        allow_pickle: bool = False,
+        trust_remote_code: bool = False,
     ) -> Predictor:
-        model, tok = load_base(resolve_model(spec).path)
+        path = resolve_model(spec).path
+        model, tok = load_base(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         return cls(
             model,
             tok,

@@ -69,6 +69,21 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def truncate_metrics(run: Path, step: int) -> None:
+    """Keep the records up to `step` (a resumed run logs the later steps again) and drop a half-written last line."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except json.JSONDecodeError:
+            continue
+    atomic_write_text(path, "".join(kept))
+
+
 def read_metrics(run: Path) -> list[dict]:
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():

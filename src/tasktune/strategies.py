@@ -114,16 +114,21 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[name]
 
 
-def save_trained(model, tokenizer, folder: Path) -> None:
-    """Standard layouts: a PEFT adapter folder, or a full safetensors model folder; the tokenizer beside it."""
-    model.save_pretrained(folder, safe_serialization=True)
+def save_trained(model, tokenizer, folder: Path, state_dict: dict | None = None) -> None:
+    """Standard layouts: a PEFT adapter folder, or a full safetensors model folder; the tokenizer beside it.
+    `state_dict`: the gathered weights where they are sharded (FSDP, DeepSpeed ZeRO-3)."""
+    kwargs = {} if state_dict is None else {"state_dict": state_dict}
+    model.save_pretrained(folder, safe_serialization=True, **kwargs)
     tokenizer.save_pretrained(folder)
 
 
-def load_trained(strategy: Strategy, base_model, folder: Path):
+def load_trained(strategy: Strategy, base_model, folder: Path, *, allow_pickle: bool = False):
     if strategy.weights_dir == "adapter":
         from peft import PeftModel
 
+        from tasktune.models import refuse_pickle
+
+        refuse_pickle(folder, allow_pickle=allow_pickle, what="adapter")
         return PeftModel.from_pretrained(base_model, folder)
     raise AssertionError("full runs are loaded from their own model folder")
 

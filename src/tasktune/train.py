@@ -9,6 +9,7 @@ log → eval. Strategies (strategies.py) only change how the model is prepared a
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -18,11 +19,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tasktune.checkpoint import (
+    Checkpointing,
+    StopOnSignal,
+    TrainState,
+    find_checkpoint,
+    load_checkpoint,
+    stopped,
+    unsupported_reason,
+)
 from tasktune.config import TaskConfig, TrainConfig
 from tasktune.data import Example, read_examples
-from tasktune.errors import ConfigError, DataError
+from tasktune.distributed import check_engine, quiet_unless_main
+from tasktune.errors import ConfigError, DataError, TaskTuneError
 from tasktune.fsio import atomic_dir, ensure_writable_dir
-from tasktune.models import load_base, resolve_model
+from tasktune.models import load_base, load_tokenizer, resolve_model
 from tasktune.render import IGNORE, ChatFormat, Encoded
 from tasktune.rundir import MetricsLog, RunInfo, write_config, write_env
 from tasktune.runtime import PAD_MULTIPLE, make_accelerator, padded_width, progress_enabled, resolve_precision
@@ -145,15 +156,29 @@ def plan_steps(n_rows: int, cfg: TrainConfig, world: int = 1) -> int:
     return max(1, math.ceil(per_epoch * cfg.epochs))
 
 
-def iter_micro_batches(rows: list[Encoded], cfg: TrainConfig, pad_id: int, rank: int = 0, world: int = 1):
-    """Endless micro-batches, epoch after epoch, reshuffled per epoch from the seed; each process takes its share."""
+def iter_micro_batches(
+    rows: list[Encoded], cfg: TrainConfig, pad_id: int, rank: int = 0, world: int = 1, start: tuple[int, int] = (0, 0)
+):
+    """Endless (epoch, index, micro-batch), epoch after epoch, reshuffled per epoch from the seed.
+
+    Process `rank` of `world` takes every world-th batch, and every process the same number per epoch: the last
+    len % world batches of an epoch (a different few each epoch, after the reshuffle) are left out, so that all
+    processes run the same steps within the same epoch. `start`: the (epoch, index) to continue from on resume."""
     lengths = [len(r.input_ids) for r in rows]
-    epoch = 0
+    epoch, index = start
     while True:
         batches = length_grouped_batches(lengths, cfg.batch_size, random.Random(cfg.seed * 100_003 + epoch))
-        for b in batches[rank::world]:
-            yield epoch, collate([rows[i] for i in b], pad_id)
-        epoch += 1
+        per_process = len(batches) // world
+        if per_process == 0:
+            raise DataError(
+                f"{len(rows)} training rows make {len(batches)} batch(es) of {cfg.batch_size}, fewer than the"
+                f" {world} processes",
+                "lower --batch-size, add rows, or use fewer processes",
+            )
+        mine = batches[rank : per_process * world : world]
+        for i in range(index, per_process):
+            yield epoch, i, collate([rows[j] for j in mine[i]], pad_id)
+        epoch, index = epoch + 1, 0
 
 
 def fit(
@@ -164,8 +189,12 @@ def fit(
     accelerator,
     pad_id: int,
     log: MetricsLog,
+    ckpt: Checkpointing | None = None,
 ) -> dict:
-    """Train `model` in place; returns the final figures. Metrics go to `log` (main process only)."""
+    """Train `model` in place; returns the final figures. Metrics go to `log` (main process only).
+
+    With `ckpt`, checkpoints are written as it says (and resumed from `ckpt.resume_from`); SIGINT/SIGTERM stop the loop
+    after the current step, with a checkpoint, by raising TrainingStopped."""
     from transformers import get_cosine_schedule_with_warmup
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -174,66 +203,102 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.resolved_learning_rate(), weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    resume = ckpt and ckpt.resume_from and load_checkpoint(ckpt.resume_from, model, optimizer, scheduler, accelerator)
+    start = resume.step if resume else 0
+    if start >= total_steps:
+        raise TaskTuneError(f"the run already finished all {total_steps} steps", "to train more, start a new run")
     model, optimizer = accelerator.prepare(model, optimizer)
-    micro_batches = iter_micro_batches(train_rows, cfg, pad_id, rank, world)
+    params = [p for p in model.parameters() if p.requires_grad]  # prepare may replace them (FSDP2 shards them)
+    micro_batches = iter_micro_batches(
+        train_rows, cfg, pad_id, rank, world, (resume.epoch, resume.batch) if resume else (0, 0)
+    )
 
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        total=total_steps, desc="train", unit="step", disable=not (accelerator.is_main_process and progress_enabled())
+        total=total_steps,
+        initial=start,
+        desc="train",
+        unit="step",
+        disable=not (accelerator.is_main_process and progress_enabled()),
     )
-    t0 = time.perf_counter()
-    eval_seconds = 0.0  # kept out of the throughput figures
-    seen_tokens = seen_sup = 0
-    train_loss = eval_loss = best_eval = None
+    totals = resume.figures if resume else {}  # a resumed run carries on its totals
+    t0 = time.perf_counter() - totals.get("seconds", 0.0)
+    eval_seconds = totals.get("eval_seconds", 0.0)  # kept out of the throughput figures
+    seen_tokens, seen_sup = totals.get("seen_tokens", 0), totals.get("seen_sup", 0)
+    train_loss, eval_loss, best_eval = totals.get("train_loss"), totals.get("eval_loss"), totals.get("best_eval")
     model.train()
-    for step in range(1, total_steps + 1):
-        window = [next(micro_batches) for _ in range(cfg.grad_accum)]
-        epoch = window[-1][0]
-        batches = [{k: v.to(accelerator.device) for k, v in b.items()} for _, b in window]
-        # Normalise by the supervised tokens of the whole accumulation window, across all processes, so that the
-        # gradient equals that of one big batch however it is split (the classic grad-accumulation loss bug).
-        local_sup = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
-        window_sup = int(accelerator.reduce(torch.tensor(local_sup, device=accelerator.device), "sum"))
-        loss_sum = 0.0
-        for i, batch in enumerate(batches):
-            sync = accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext()
-            with sync, accelerator.autocast():
-                s, _ = token_loss(model, batch, cfg.supervised_logits_only, prepended)
-                # DDP averages gradients over processes; scaling by `world` turns that average back into a sum.
-                accelerator.backward(s * world / max(window_sup, 1))
-            loss_sum += s.item()
-            seen_tokens += int(batch["attention_mask"].sum())
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    with StopOnSignal() as stop:
+        for step in range(start + 1, total_steps + 1):
+            window = [next(micro_batches) for _ in range(cfg.grad_accum)]
+            epoch, index, _ = window[-1]
+            batches = [{k: v.to(accelerator.device) for k, v in b.items()} for _, _, b in window]
+            # Normalise by the supervised tokens of the whole accumulation window, across all processes, so that the
+            # gradient equals that of one big batch however it is split (the classic grad-accumulation loss bug).
+            local_sup = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches)
+            window_sup = int(accelerator.reduce(torch.tensor(local_sup, device=accelerator.device), "sum"))
+            loss_sum, local_tokens = 0.0, 0
+            for i, batch in enumerate(batches):
+                sync = accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext()
+                with sync, accelerator.autocast():
+                    s, _ = token_loss(model, batch, cfg.supervised_logits_only, prepended)
+                    # DDP averages gradients over processes; scaling by `world` turns that average back into a sum.
+                    accelerator.backward(s * world / max(window_sup, 1))
+                loss_sum += s.item()
+                local_tokens += int(batch["attention_mask"].sum())
+            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        total_loss = float(accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device), "sum"))
-        train_loss = total_loss / max(window_sup, 1)
-        seen_sup += window_sup
-        elapsed = time.perf_counter() - t0 - eval_seconds
-        record = {
-            "step": step,
-            "epoch": epoch,
-            "train/loss": train_loss,
-            "train/lr": scheduler.get_last_lr()[0],
-            "train/grad_norm": float(grad_norm),
-            "train/tokens_per_s": seen_tokens * world / elapsed,
-            "train/supervised_tokens": seen_sup,
-            "elapsed_s": elapsed,
-        }
-        if step % cfg.eval_every == 0 or step == total_steps:
-            t_eval = time.perf_counter()
-            eval_loss = evaluate_loss(model, eval_rows, pad_id, cfg.batch_size, accelerator, prepended)
-            eval_seconds += time.perf_counter() - t_eval
-            if eval_loss is not None:
-                record["eval/loss"] = eval_loss
-                best_eval = eval_loss if best_eval is None else min(best_eval, eval_loss)
-        if accelerator.is_main_process and (step % cfg.log_every == 0 or "eval/loss" in record or step == total_steps):
-            log.write(record)
-        bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{record['train/tokens_per_s']:.0f}", refresh=False)
-        bar.update(1)
+            reduced = accelerator.reduce(
+                torch.tensor([loss_sum, local_tokens], dtype=torch.float64, device=accelerator.device)
+            )
+            train_loss = float(reduced[0]) / max(window_sup, 1)
+            seen_tokens += int(reduced[1])
+            seen_sup += window_sup
+            elapsed = time.perf_counter() - t0 - eval_seconds
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "train/loss": train_loss,
+                "train/lr": scheduler.get_last_lr()[0],
+                "train/grad_norm": float(grad_norm),
+                "train/tokens_per_s": seen_tokens / elapsed,
+                "train/supervised_tokens": seen_sup,
+                "elapsed_s": elapsed,
+            }
+            if step % cfg.eval_every == 0 or step == total_steps:
+                t_eval = time.perf_counter()
+                eval_loss = evaluate_loss(model, eval_rows, pad_id, cfg.batch_size, accelerator, prepended)
+                eval_seconds += time.perf_counter() - t_eval
+                if eval_loss is not None:
+                    record["eval/loss"] = eval_loss
+                    best_eval = eval_loss if best_eval is None else min(best_eval, eval_loss)
+            if accelerator.is_main_process and (
+                step % cfg.log_every == 0 or "eval/loss" in record or step == total_steps
+            ):
+                log.write(record)
+            bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{record['train/tokens_per_s']:.0f}", refresh=False)
+            bar.update(1)
+            signum, saved = stop.requested(accelerator), None
+            if ckpt and ckpt.due(step, total_steps, signum):
+                t_save = time.perf_counter()
+                totals = dict(
+                    seconds=t_save - t0,
+                    eval_seconds=eval_seconds,
+                    seen_tokens=seen_tokens,
+                    seen_sup=seen_sup,
+                    train_loss=train_loss,
+                    eval_loss=eval_loss,
+                    best_eval=best_eval,
+                )
+                state = TrainState(step, epoch, index + 1, world, totals)
+                saved = ckpt.save(state, model, optimizer, scheduler, accelerator)
+                t0 += time.perf_counter() - t_save  # saving is not training: kept out of the time and throughput
+            if signum:
+                bar.close()
+                raise stopped(signum, step, total_steps, saved, world)
     bar.close()
     train_seconds = time.perf_counter() - t0 - eval_seconds
     return {
@@ -243,7 +308,7 @@ def fit(
         "best_eval_loss": best_eval,
         "seconds": train_seconds + eval_seconds,
         "eval_seconds": eval_seconds,
-        "tokens_per_s": seen_tokens * world / train_seconds,
+        "tokens_per_s": seen_tokens / train_seconds,
         "supervised_tokens_per_s": seen_sup / train_seconds,
     }
 
@@ -276,10 +341,21 @@ def suggest_max_new_tokens_for_answers(model_spec: str, answers: list[str]) -> i
     return _answer_cap(max((len(tok.encode(a, add_special_tokens=False)) + 1 for a in answers[:5000]), default=128))
 
 
-def train(task: TaskConfig, cfg: TrainConfig, out: str | Path, *, force: bool = False) -> TrainResult:
+def train(
+    task: TaskConfig,
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> TrainResult:
     """Fine-tune `cfg.model` on the task's training rows and write a run directory to `out`.
 
-    The data check (`tasktune check`, tokenizer only) runs first; its errors stop training unless `force`."""
+    The data check (`tasktune check`, tokenizer only) runs first; its errors stop training unless `force`.
+    `resume`: `out` is this run's folder; continue from its newest complete checkpoint (see `resume_run`).
+    `allow_pickle`, `trust_remote_code`: see models.load_base (both off: weights are read from safetensors only)."""
     from accelerate.utils import set_seed
 
     from tasktune.check import check_for_training
@@ -290,7 +366,10 @@ def train(task: TaskConfig, cfg: TrainConfig, out: str | Path, *, force: bool = 
         raise ConfigError(
             "the task has no training data (data.train)", "set data.train in the task file or pass --data"
         )
-    check_for_training(task, cfg, force=force)
+    if not resume:
+        tokenizer = load_tokenizer(cfg.model, trust_remote_code=True) if trust_remote_code else None
+        with quiet_unless_main():  # every process checks (and stops on errors); one prints
+            check_for_training(task, cfg, force=force, tokenizer=tokenizer)
     rows = read_examples(train_path)
     eval_path = task.data_path("eval")
     if eval_path is not None:
@@ -299,18 +378,22 @@ def train(task: TaskConfig, cfg: TrainConfig, out: str | Path, *, force: bool = 
         rows, eval_examples = _split_eval(rows, cfg.eval_split, cfg.seed)
 
     accelerator = make_accelerator(cfg.precision)
+    check_engine(accelerator, cfg, resume)
     out = Path(out)
     if accelerator.is_main_process:
-        ensure_writable_dir(out, must_be_empty=True, what="run folder")
+        ensure_writable_dir(out, must_be_empty=not resume, what="run folder")
+    ckpt = Checkpointing(out, cfg.save_every, cfg.keep_checkpoints) if unsupported_reason(accelerator) is None else None
+    if resume:
+        ckpt.resume_from = _resume_point(out, accelerator)
     ref = resolve_model(cfg.model)
     set_seed(cfg.seed)
-    model, tok = load_base(ref.path)
+    model, tok = load_base(ref.path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     fmt = ChatFormat(tok)
     instruction = task.instruction if task.train_with_instruction else None
     train_rows, skipped = encode_rows(fmt, rows, instruction, cfg.max_length)
     if not train_rows:
         raise DataError(f"every training row is longer than max_length={cfg.max_length} tokens", "raise --max-length")
-    if skipped:
+    if skipped and accelerator.is_main_process:
         print(
             f"tasktune: skipped {len(skipped)} row(s) longer than max_length={cfg.max_length}"
             f" (first: {skipped[0].where}); raise --max-length to keep them"
@@ -330,7 +413,7 @@ def train(task: TaskConfig, cfg: TrainConfig, out: str | Path, *, force: bool = 
     set_seed(cfg.seed)
     model = strategy.prepare(model, cfg)
     trainable, total = count_parameters(model)
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and not resume:
         config = task.to_yaml_dict()
         # Self-describing: the schema inline and data paths absolute, so eval and diagnose need nothing else.
         config["output"]["schema"] = task.json_schema()
@@ -338,16 +421,22 @@ def train(task: TaskConfig, cfg: TrainConfig, out: str | Path, *, force: bool = 
         config["train"] = cfg.model_dump(mode="json") | {"learning_rate": cfg.resolved_learning_rate()}
         write_config(out, config)
         write_env(out, seed=cfg.seed, precision=precision, data_files={"train": train_path, "eval": eval_path})
+    if accelerator.is_main_process:
+        world = accelerator.num_processes
         print(
             f"tasktune: {cfg.method} on {cfg.model}: {trainable:,} of {total:,} parameters trainable;"
-            f" {len(train_rows)} training rows, {len(eval_rows)} eval rows, {precision}"
+            f" {len(train_rows)} training rows, {len(eval_rows)} eval rows, {precision}\n"
+            f"tasktune: effective batch {cfg.batch_size * cfg.grad_accum * world} rows per step"
+            f" ({cfg.batch_size} per micro-batch x {cfg.grad_accum} accumulated x {world} process(es))"
         )
     log = MetricsLog(out / "metrics.jsonl" if accelerator.is_main_process else None)
-    figures = fit(model, train_rows, eval_rows, cfg, accelerator, tok.pad_token_id, log)
+    figures = fit(model, train_rows, eval_rows, cfg, accelerator, tok.pad_token_id, log, ckpt)
 
+    # Under FSDP / DeepSpeed ZeRO-3 the weights are sharded: get_state_dict gathers them (every process must call it).
+    weights = accelerator.get_state_dict(model) if ckpt is None else None
     if accelerator.is_main_process:
         with atomic_dir(out / strategy.weights_dir) as tmp:
-            save_trained(accelerator.unwrap_model(model), tok, tmp)
+            save_trained(accelerator.unwrap_model(model), tok, tmp, state_dict=weights)
         RunInfo(
             method=cfg.method,
             base_model=cfg.model,
@@ -370,3 +459,67 @@ def train(task: TaskConfig, cfg: TrainConfig, out: str | Path, *, force: bool = 
         total_params=total,
         **figures,
     )
+
+
+# --- resume -------------------------------------------------------------------------------------------------------
+# Settings a resumed run may change: they decide when to evaluate, log and save, never what the weights become.
+RESUMABLE_OVERRIDES = {"save_every", "keep_checkpoints", "log_every", "eval_every", "eval_max_rows"}
+
+
+def resume_run(run: str | Path, overrides: dict | None = None, **kwargs) -> TrainResult:
+    """Continue the run in `run` from its newest complete checkpoint, with the settings it was started with.
+
+    Overrides that would change the training trajectory (learning rate, batch, steps, seed, ...) are refused: the
+    result would be neither the old run nor a clean new one. kwargs go to `train` (allow_pickle, trust_remote_code)."""
+    from tasktune.config import build, merge_overrides
+    from tasktune.rundir import file_fingerprint, load_run_task, read_config
+
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"{run} is not a tasktune run (no config.yaml)", "pass the --out folder of `tasktune train`")
+    task = load_run_task(run)
+    saved = build(TrainConfig, read_config(run)["train"], str(run / "config.yaml"))
+    cfg = merge_overrides(saved, overrides or {})
+    changed = [k for k in (overrides or {}) if k not in RESUMABLE_OVERRIDES and _get(cfg, k) != _get(saved, k)]
+    if changed:
+        flags = ", ".join(f"--{k.replace('.', '-').replace('_', '-')} (run: {_get(saved, k)!r})" for k in changed)
+        raise ConfigError(
+            f"{flags} would change the training trajectory of a resumed run",
+            "resume without it (a resumed run keeps its settings; only "
+            + ", ".join(f"--{k.replace('_', '-')}" for k in sorted(RESUMABLE_OVERRIDES))
+            + " may change), or start a new run with --task/--out",
+        )
+    env = json.loads((run / "env.json").read_text(encoding="utf-8")) if (run / "env.json").is_file() else {}
+    for split, info in env.get("data", {}).items():
+        path = Path(info["path"])
+        if not path.is_file() or file_fingerprint(path) != info["sha256"]:
+            raise DataError(
+                f"the {split} data {info['path']} is missing or changed since the run started",
+                "restore the file the run was trained on, or start a new run",
+            )
+    return train(task, cfg, run, resume=True, **kwargs)
+
+
+def _get(cfg: TrainConfig, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _resume_point(run: Path, accelerator) -> Path | None:
+    """The newest complete checkpoint (the main process reports skipped ones); the metrics log is cut back to it."""
+    from tasktune.rundir import truncate_metrics
+
+    found = find_checkpoint(run, tidy=False)  # every process reads the same folder first, then the main one tidies
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        find_checkpoint(run)
+        for path, why in found.skipped:
+            print(f"tasktune: skipped checkpoint {path.name}: {why}")
+        step = found.state.step if found.state else 0
+        truncate_metrics(run, step)
+        where = f"step {step} ({found.path})" if found.path else "the start: no complete checkpoint was found"
+        print(f"tasktune: resuming {run} from {where}")
+    accelerator.wait_for_everyone()
+    return found.path
