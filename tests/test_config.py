@@ -46,3 +46,17 @@ def test_shipped_example_task_files_validate():
         assert task.data_path("train").is_file()
         if task.output.kind == "json":
             task.json_schema()
+
+
+def test_model_names_users_write_find_the_builtin_copy(monkeypatch, tmp_path, capsys):
+    from tasktune import models
+    from tasktune.errors import ModelError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    monkeypatch.setattr(models, "_builtin_folder", lambda name: tmp_path / name)
+    for spec in ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m-instruct"):
+        ref = models.resolve_model(spec)
+        assert ref.path == tmp_path / "smollm2-135m-instruct", spec
+    assert "using the built-in 'smollm2-135m-instruct'" in capsys.readouterr().err
+    with pytest.raises(ModelError, match="is not a built-in name"):
+        models.resolve_model("SmolLM2-360M-Instruct")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,15 @@ def resolve_model(spec: str) -> ModelRef:
     cached = _hf_cache_lookup(spec)
     if cached is not None:
         return ModelRef(spec, cached)
+    # "SmolLM2-135M-Instruct" or its hub id mean the built-in copy when nothing closer exists; say which file it is.
+    builtin = spec.lower().removeprefix("huggingfacetb/")
+    if builtin in BUILTIN_MODELS:
+        package, filename, _ = BUILTIN_MODELS[builtin]
+        note = (
+            f"'{spec}' is not in the local Hugging Face cache; using the built-in '{builtin}' ({filename}, {package})"
+        )
+        print(f"tasktune: {note}", file=sys.stderr)
+        return ModelRef(builtin, _builtin_folder(builtin))
     raise ModelError(
         f"model '{spec}' is not a built-in name ({', '.join(BUILTIN_MODELS)}), a local folder or a .gguf file,"
         " and is not in the local Hugging Face cache",
