@@ -24,6 +24,17 @@ class Generation:
     latency_s: float  # wall time of the batch this request was in: what its caller waited
 
 
+def pad_left(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask for a batch, left-padded (answers start in one column) to a bucketed width."""
+    width = padded_width(max(len(p) for p in prompts))  # few distinct shapes: see runtime.PAD_MULTIPLE
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p) :] = 1
+    return ids, mask
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -46,13 +57,8 @@ def generate(
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = padded_width(max(len(prompts[i]) for i in idx))  # few distinct shapes: see runtime.PAD_MULTIPLE
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            p = prompts[i]
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
+        ids, mask = pad_left([prompts[i] for i in idx], pad_id)
+        width = ids.shape[1]
         t0 = time.perf_counter()
         out = model.generate(
             input_ids=ids.to(device),
