@@ -1,4 +1,5 @@
-"""`tasktune serve` started for real (a subprocess on a free loopback port), spoken to with the official `openai` client.
+"""`tasktune serve` started for real (a subprocess on a free loopback port), spoken to with the official `openai`
+client.
 
 Two LoRA runs on one tiny base learn two answer formats: JSON (`{"kind": ...}`) and `kind=...`. Every answer the
 server gives is compared with what `Predictor` gives for the same run and input, so an adapter that leaks into
@@ -51,7 +52,7 @@ def runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def expected(runs) -> dict[str, list]:
     """What `tasktune predict` answers for each run (fp32, the adapter unmerged as the server runs it)."""
-    return {name: Predictor.from_run(path, precision="fp32", merge=False).predict(INPUTS) for name, path in runs.items()}
+    return {n: Predictor.from_run(path, precision="fp32", merge=False).predict(INPUTS) for n, path in runs.items()}
 
 
 class Server:
@@ -135,7 +136,7 @@ def test_models_lists_runs_alias_and_shared_base(server, tiny_model):
 def test_interleaved_runs_answer_in_their_own_format_as_predict_does(server, expected):
     client = server.client()
     for i, text in enumerate(INPUTS):
-        for name in (("json", "kv") if i % 2 else ("kv", "json")):  # interleave which adapter goes first
+        for name in ("json", "kv") if i % 2 else ("kv", "json"):  # interleave which adapter goes first
             r = _chat(client, f"fmt-{name}", text)
             want = expected[name][i]
             assert r.choices[0].message.content == want.output, (name, text)
