@@ -18,6 +18,7 @@ criterion, called after every step with the new token of each row, tracks each r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import threading
 from collections import deque
@@ -316,6 +317,16 @@ def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callab
     from tasktune.models import load_base, resolve_model
     from tasktune.predict import Predictor
 
+    # A run served under several names (its folder name and aliases) is loaded once.
+    first: dict[Path, str] = {}
+    aliases = {}
+    for name, path in runs.items():
+        key = Path(path).resolve()
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    runs = {name: path for name, path in runs.items() if name not in aliases}
     infos = {name: RunInfo.load(path) for name, path in runs.items()}
     served: dict[str, Served] = {}
     groups: dict[str, list[str]] = {}
@@ -394,6 +405,10 @@ def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callab
             base=base_model_name(info),
             run=str(runs[name]),
         )
+    for alias, name in aliases.items():
+        if alias in served:
+            raise TaskTuneError(f"--alias {alias}: that name is already served", "choose another alias")
+        served[alias] = dataclasses.replace(served[name], name=alias)
     return served
 
 
