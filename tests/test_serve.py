@@ -262,3 +262,21 @@ def test_a_full_queue_answers_503_and_recovers(runs, tiny_model):
         assert client.completions.create(model=tiny_model.name, prompt="hello", max_tokens=3).usage.completion_tokens
     finally:
         s.stop()
+
+
+def test_bad_serve_commands_fail_fast_with_the_fix(runs, tmp_path, capsys):
+    import socket
+
+    from tasktune.cli import main
+
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "is not a tasktune run" in capsys.readouterr().err
+    assert main(["serve", str(runs["json"]), "--alias", "no-equals-sign"]) == 2
+    assert "is not NAME=RUN" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", str(runs["json"]), "--port", str(port)]) == 2  # before any model is loaded
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
