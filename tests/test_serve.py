@@ -209,7 +209,7 @@ def test_concurrent_clients_get_their_own_answers(server, expected):
     assert batches < len(jobs)  # requests shared batches
 
 
-def test_bad_requests_get_openai_errors_and_the_server_survives(server, expected):
+def test_bad_requests_get_openai_errors_and_the_server_survives(server, expected, tiny_model):
     client = server.client()
     with pytest.raises(openai.AuthenticationError):
         server.client(key="wrong").models.list()
@@ -232,6 +232,8 @@ def test_bad_requests_get_openai_errors_and_the_server_survives(server, expected
     assert status == 400 and "not valid JSON" in body["error"]["message"]
     status, body = server.raw("POST", "/v1/chat/completions", b"[1, 2]", auth)
     assert status == 400 and "JSON object" in body["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="the prompt is empty"):
+        client.completions.create(model=tiny_model.name, prompt="")
 
     with pytest.raises(openai.APIStatusError) as e:
         _chat(client, "fmt-json", "hi", max_tokens=100_000)

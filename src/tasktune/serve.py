@@ -88,7 +88,7 @@ class _Sampling(_Body):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # what torch.Generator accepts
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="one answer per request")
@@ -171,6 +171,8 @@ def create_app(engine: Engine, served: dict[str, Served], config: ServeConfig):
     def plan(s: Served, prompt_ids: list[int], body: _Sampling, max_tokens: int | None, strip: bool) -> GenRequest:
         if body.logprobs:
             raise ServeError(400, "logprobs are not supported", param="logprobs")
+        if not prompt_ids:
+            raise ServeError(400, "the prompt is empty", param="prompt")
         room = s.context - len(prompt_ids)
         if max_tokens is None:
             max_tokens = min(s.max_new_tokens, room)
