@@ -24,6 +24,7 @@ from tasktune.rundir import MetricsLog
 from tasktune.runtime import make_accelerator
 from tasktune.strategies import get_strategy, merge_weights
 from tasktune.train import collate, encode_rows, fit, token_loss, train
+from tests.tiny import greedy_reference, scramble_weights
 
 SIZES = {"lora": {"r": 4, "alpha": 8}, "prefix": {"num_virtual_tokens": 4}, "prompt": {"num_virtual_tokens": 4}}
 
@@ -252,23 +253,10 @@ def test_virtual_token_runs_generate_what_the_trained_model_predicts(tiny_model,
     task = load_task(task_dir / "task.yaml")
     train(task, _cfg(tiny_model, method, learning_rate=0.1), task_dir / "run")
     predictor = Predictor.from_run(task_dir / "run", precision="fp32")
-    # A tiny model says "\n" whatever it is asked: large random weights (virtual tokens included) make every token
-    # of its answer depend on the whole prompt, so a generation path that lost or misplaced the virtual tokens shows.
-    seed = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in predictor.model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.5, generator=seed)
+    scramble_weights(predictor.model)
     predictor.fmt.stop_ids = [len(predictor.fmt.tok) - 1]  # a tiny model stops at once; let it say something
     inputs = ["hi", "the app crashes every time I open the settings page on my phone, please fix", "refund please"]
     batched = predictor.predict(inputs, max_new_tokens=6, batch_size=3)
     for text, pred in zip(inputs, batched, strict=True):
         ids = predictor.prompt_ids(examples_from_inputs([text])[0])
-        answer = []
-        with torch.no_grad():
-            for _ in range(6):
-                nxt = int(predictor.model(input_ids=torch.tensor([ids + answer])).logits[0, -1].argmax())
-                if nxt in predictor.fmt.stop_ids:
-                    break
-                answer.append(nxt)
-        assert pred.output == predictor.fmt.tok.decode(answer, skip_special_tokens=True).strip(), text
+        assert pred.output == greedy_reference(predictor.model, predictor.fmt, ids, 6), text

@@ -127,3 +127,29 @@ def build_tiny_model(folder: Path, *, layers: int = 2, hidden: int = 32) -> Path
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def scramble_weights(model, seed: int = 0) -> None:
+    """Large random matrices (virtual tokens included): a tiny model then says something that depends on every token
+    of its prompt, instead of "\\n" whatever it is asked, so a generation path that loses or misplaces a token shows."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5, generator=gen)
+
+
+def greedy_reference(model, fmt, prompt_ids: list[int], max_new_tokens: int) -> str:
+    """Greedy decoding of one prompt through the plain forward (the training one): no padding, no KV cache."""
+    import torch
+
+    answer: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = int(model(input_ids=torch.tensor([prompt_ids + answer])).logits[0, -1].argmax())
+            if nxt in fmt.stop_ids:
+                break
+            answer.append(nxt)
+    return fmt.tok.decode(answer, skip_special_tokens=True).strip()

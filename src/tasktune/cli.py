@@ -4,6 +4,8 @@ tasktune check   DATA [DATA ...] | --task task.yaml  check a data set before tra
 tasktune train   --task task.yaml --out RUN        fine-tune (or --data train.jsonl instead of --task)
 tasktune predict RUN --input "raw text"            answer raw inputs with a tuned run
 tasktune compare TASK.yaml --out DIR               instruction, few-shot, prompt, prefix, lora, full side by side
+tasktune serve   RUN [RUN ...] [--port 8000]       OpenAI-compatible API; LoRA runs share one base model
+tasktune export  RUN --out DIR [--merge]           standalone Hugging Face model folder, checked for parity
 """
 
 from __future__ import annotations
@@ -293,6 +295,40 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from tasktune.config import build
+    from tasktune.serve import ServeConfig, serve
+
+    aliases = {}
+    for item in args.alias or []:
+        name, sep, run = item.partition("=")
+        if not sep or not name or not run:
+            raise TaskTuneError(f"--alias {item!r} is not NAME=RUN", "e.g. --alias triage=runs/triage")
+        aliases[name] = run
+    settings = {"host": args.host, "port": args.port, "api_key": args.api_key or os.environ.get("TASKTUNE_API_KEY"),
+                "aliases": aliases, "max_queue": args.max_queue, "max_batch_size": args.max_batch_size,
+                "precision": args.precision}  # fmt: skip
+    serve(args.runs, build(ServeConfig, settings, "command line"))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tasktune.export import export
+
+    result = export(args.run, args.out, merge=args.merge, parity_rows=args.parity_rows)
+    what = "merged LoRA" if result.merged else f"{result.method} model"
+    parity = (
+        "no eval inputs to check parity on"
+        if result.parity_agreement is None
+        else f"parity {result.parity_agreement:.0%} on {result.parity_rows} eval inputs (greedy, fp32)"
+    )
+    print(f"tasktune: exported {what} to {result.out} in {result.seconds:.0f}s; {parity}")
+    print(f"tasktune: load it with AutoModelForCausalLM.from_pretrained({result.out!r})")
+    return 0
+
+
 def _add_trust_flags(p: argparse.ArgumentParser) -> None:
     # Command-line flags only, never task-file keys: a task file from elsewhere must not be able to turn them on.
     p.add_argument(
@@ -395,6 +431,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help="run methods in this process (peak memory is shared)")
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("serve", help="serve runs over an OpenAI-compatible HTTP API")
+    p.add_argument("runs", nargs="*", help="run folders; each is a model named by its folder name")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
+    p.add_argument("--api-key", help="require this bearer key on every route but /health (or $TASKTUNE_API_KEY)")
+    p.add_argument("--alias", action="append", metavar="NAME=RUN", help="serve RUN also as NAME (repeatable)")
+    p.add_argument("--max-queue", type=int, default=256, help="requests that may wait; beyond that 503")
+    p.add_argument("--max-batch-size", type=int, default=16, help="requests generated together")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="inference precision")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write a run as a standalone Hugging Face model folder")
+    p.add_argument("run", help="run folder written by `tasktune train`")
+    p.add_argument("--out", required=True, help="folder to write (replaced only after the parity check passes)")
+    p.add_argument("--merge", action="store_true", help="fold a LoRA adapter into the weights (required for LoRA)")
+    p.add_argument("--parity-rows", type=int, default=32, help="eval inputs the parity check compares (0: skip)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

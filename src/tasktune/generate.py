@@ -24,6 +24,17 @@ class Generation:
     latency_s: float  # wall time of the batch this request was in: what its caller waited
 
 
+def pad_left(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask for a batch, left-padded (answers start in one column) to a bucketed width."""
+    width = padded_width(max(len(p) for p in prompts))  # few distinct shapes: see runtime.PAD_MULTIPLE
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p) :] = 1
+    return ids, mask
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -44,22 +55,12 @@ def generate(
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress_enabled() or len(prompts) < 2)
     was_training = model.training
     model.eval()
-    virtual = _virtual_token_method(model)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = padded_width(max(len(prompts[i]) for i in idx))  # few distinct shapes: see runtime.PAD_MULTIPLE
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            p = prompts[i]
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
+        ids, mask = pad_left([prompts[i] for i in idx], pad_id)
         t0 = time.perf_counter()
         settings = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=fmt.stop_ids, pad_token_id=pad_id)
-        if virtual is None:
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **settings)[:, width:]
-        else:
-            out = _generate_after_virtual_tokens(model, virtual, ids.to(device), mask.to(device), settings)
+        out = new_tokens(model, ids.to(device), mask.to(device), **settings)
         latency = time.perf_counter() - t0
         for row, i in enumerate(idx):
             new = out[row].tolist()
@@ -76,6 +77,15 @@ def generate(
     bar.close()
     model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def new_tokens(model, ids: torch.Tensor, mask: torch.Tensor, **settings) -> torch.Tensor:
+    """`model.generate` on a left-padded batch, returning only the new tokens; prompt- and prefix-tuned models go
+    through `_generate_after_virtual_tokens`. Used by predict/eval and by the server."""
+    virtual = _virtual_token_method(model)
+    if virtual is not None:
+        return _generate_after_virtual_tokens(model, virtual, ids, mask, settings)
+    return model.generate(input_ids=ids, attention_mask=mask, **settings)[:, ids.shape[1] :]
 
 
 def _virtual_token_method(model) -> str | None:
