@@ -86,8 +86,12 @@ def test_format_drift_when_general_questions_meet_a_json_only_model(healthy):
 
 
 def test_learning_rate_far_too_high_diverges(tiny_model, tmp_path):
-    run = _train(_json_task(tmp_path / "data"), tiny_model, tmp_path / "run", **(HEALTHY | {"learning_rate": 1.0,
-                                                                                             "max_steps": 30}))
+    run = _train(
+        _json_task(tmp_path / "data"),
+        tiny_model,
+        tmp_path / "run",
+        **(HEALTHY | {"learning_rate": 1.0, "max_steps": 30}),
+    )
     d = diagnose(run, FAST)
     assert d.ids("error") == {"loss-diverged"}
     f = d.get("loss-diverged")
@@ -140,8 +144,16 @@ def test_many_epochs_on_a_dozen_rows_overfit_and_memorise(tiny_model, tmp_path):
     task_file = _task(tmp_path / "data", _memorable_rows(12, 1, True), _memorable_rows(8, 2, False),
                       _memorable_rows(8, 3, False),
                       kind="text")  # fmt: skip
-    run = _train(task_file, tiny_model, tmp_path / "run", method="full", learning_rate=2e-2, max_steps=100,
-                 batch_size=12, eval_every=10)  # fmt: skip  (100 epochs of 12 rows)
+    run = _train(
+        task_file,
+        tiny_model,
+        tmp_path / "run",
+        method="full",
+        learning_rate=2e-2,
+        max_steps=100,
+        batch_size=12,
+        eval_every=10,
+    )  # 100 epochs of 12 rows
     d = diagnose(run, FAST)
     assert d.ids("error") == {"overfitting", "memorisation"}
     over = d.get("overfitting").evidence
@@ -258,7 +270,10 @@ def test_memorisation_is_measured_against_the_references():
     train_answers = [f"ticket {w} goes to the {v} team for review today" for w in WORDS[:10] for v in WORDS[10:12]]
     index = TrainingAnswers(train_answers)
     where = [f"train.jsonl:{i + 1}" for i in range(len(train_answers))]
-    refs = [f"a brand new answer about {w} and {v} written for this input" for w, v in zip(WORDS, WORDS[5:15])]
+    refs = [
+        f"a brand new answer about {w} and {v} written for this input"
+        for w, v in zip(WORDS[:10], WORDS[5:15], strict=True)
+    ]
     copies = train_answers[:10]
     found, fig = memorisation_findings(copies, refs, index.match(copies), index.match(refs), where, {})
     assert [f.id for f in found] == ["memorisation"] and fig["output_copy_rate"] == 1.0

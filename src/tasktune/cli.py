@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("diagnose", help="diagnose a run: loss curves, stopping, memorisation, forgetting, format drift")
-    p.add_argument("run", help="run folder written by `tasktune train`; RUN/diagnosis.json and RUN/report.html go there")
+    p.add_argument("run", help="run folder of `tasktune train`; RUN/diagnosis.json and RUN/report.html go there")
     p.add_argument("--json", help="also write the full result here")
     p.add_argument("--limit", type=int, default=32, help="held-out inputs the tuned model answers (default: 32)")
     p.add_argument("--batch-size", type=int, default=16, help="requests per generation batch")

@@ -175,4 +175,3 @@ def save_diagnosis(d: Diagnosis, run: str | Path) -> list[Path]:
     atomic_write_json(paths[0], d.to_dict())
     atomic_write_text(paths[1], render_html(d, read_metrics(run)))
     return paths
-

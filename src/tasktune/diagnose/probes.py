@@ -70,6 +70,6 @@ def load_probes() -> list[Probe]:
     for line in filter(str.strip, text.splitlines()):
         row = json.loads(line)
         assert row["check"] in CHECKS, f"probe {row['id']}: unknown check {row['check']!r}"
-        probes.append(Probe(id=row["id"], category=row["category"], prompt=row["prompt"], check=row["check"],
-                            any=tuple(row.get("any", ())), value=row.get("value"), pattern=row.get("pattern")))  # fmt: skip
+        rule = {"any": tuple(row.get("any", ())), "value": row.get("value"), "pattern": row.get("pattern")}
+        probes.append(Probe(id=row["id"], category=row["category"], prompt=row["prompt"], check=row["check"], **rule))
     return probes

@@ -76,7 +76,7 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 </style></head><body>
 <h1>tasktune diagnose: {escape(d.run)}</h1>
 <p>{escape(d.method)} run of task <b>{escape(d.task)}</b> ({escape(d.output_kind)} answers):
- {counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info.</p>
+ {counts["error"]} error(s), {counts["warning"]} warning(s), {counts["info"]} info.</p>
 <h2>Findings</h2>
 <table id="findings"><tr><th>severity</th><th>id</th><th>evidence</th><th>remedy</th></tr>{findings}</table>
 <h2>Loss curves</h2>{img}
