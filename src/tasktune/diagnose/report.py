@@ -60,6 +60,8 @@ def render_html(d: Diagnosis, records: list[dict]) -> str:
         )  # fmt: skip
     examples = _rows([[e["where"], e["input"][:120], e["output"][:160], e["reference"][:160],
                        "yes" if e["stopped"] else "no", e["copies"] or ""] for e in d.examples[:20]])  # fmt: skip
+    checked = d.data_check.items()
+    data = _rows([[code, v["severity"], v["count"], "; ".join(v["messages"])[:300]] for code, v in checked])
     counts = {s: sum(f.severity == s for f in d.findings) for s in ("error", "warning", "info")}
     figures = {"optimisation": d.curves, "held-out answers": d.heldout, "memorisation": d.memorisation}
     figure_rows = _rows([[sec, k, f"{v:.4g}" if isinstance(v, float) else v] for sec, fig in figures.items()
@@ -81,6 +83,8 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 <table id="findings"><tr><th>severity</th><th>id</th><th>evidence</th><th>remedy</th></tr>{findings}</table>
 <h2>Loss curves</h2>{img}
 <h2>Figures</h2><table id="figures">{figure_rows}</table>
+<h2>Dataset doctor (tasktune check) on the run's data</h2>
+<table id="data-check"><tr><th>code</th><th>severity</th><th>rows</th><th>message</th></tr>{data}</table>
 <h2>General-ability probes</h2>{probe_table or "<p>not run</p>"}
 <h2>Held-out answers</h2>
 <table id="examples"><tr><th>row</th><th>input</th><th>output</th><th>reference</th><th>stopped</th>
