@@ -31,7 +31,7 @@ from tasktune.train import train
 from tests.tiny import WORDS, make_rows, write_jsonl
 
 # A run that learns the tiny JSON task: valid JSON, stops at <|im_end|>. The EOS test changes only the labels.
-HEALTHY = {"method": "full", "learning_rate": 2e-2, "max_steps": 50, "batch_size": 8, "eval_every": 25}
+HEALTHY = {"method": "full", "learning_rate": 2e-2, "max_steps": 50, "batch_size": 8, "eval_every": 10}
 FAST = DiagnoseConfig(limit=8, precision="fp32", probes=False)
 
 
@@ -309,3 +309,18 @@ def test_consequences_of_a_failed_optimisation_are_not_reported_as_causes():
     out = demote_consequences(found)
     assert [(f.id, f.severity) for f in out] == [("loss-flat", "error"), ("no-stop", "info")]
     assert out[1].cause == "loss-flat"
+
+
+def test_a_run_whose_data_moved_is_still_diagnosed(healthy_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(healthy_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"] = {k: str(tmp_path / "gone" / f"{k}.jsonl") for k in ("train", "eval", "test")}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    d = diagnose(run, FAST)
+    assert d.ids() == {"no-heldout"}
+    assert d.curves["steps"] == HEALTHY["max_steps"]  # the loss curves are still read
