@@ -236,6 +236,21 @@ def test_curves_overfitting_names_an_existing_checkpoint(tmp_path):
     assert figures["best_eval_loss"] == 1.2
 
 
+def test_curves_overfitting_severity_and_wobble(tmp_path):
+    losses = [1.0 - 0.02 * i for i in range(40)]  # the train loss more than halves after the best eval
+    mild = {10: 1.0, 20: 0.9, 30: 0.93, 40: 0.94}
+    found, _ = curve_findings(_records(losses, mild), TRAIN, tmp_path)
+    assert {(f.id, f.severity) for f in found} == {("overfitting", "warning"), ("generalisation-gap", "warning")}
+    wobble = {10: 1.0, 20: 0.9, 30: 0.905, 40: 0.91}  # +1%: not a trend
+    found, _ = curve_findings(_records(losses, wobble), TRAIN, tmp_path)
+    assert "overfitting" not in {f.id for f in found}
+    # a small rise while the train loss fell 10x: the model fits the rows, not the task
+    steep = [1.0 * 0.9**i for i in range(40)]
+    found, _ = curve_findings(_records(steep, mild), TRAIN, tmp_path)
+    over = next(f for f in found if f.id == "overfitting")
+    assert over.severity == "error" and over.evidence["train_loss_fall"] >= 10
+
+
 def test_curves_healthy_and_sparse_eval(tmp_path):
     losses = [2.0 * 0.97**i for i in range(50)]
     found, _ = curve_findings(_records(losses, {50: 0.5}), TRAIN, tmp_path)

@@ -6,9 +6,12 @@ Thresholds (all on the per-token cross-entropy in nats that `fit` logs):
   diverged       the loss, smoothed over 3 steps, rose above 1.5x the start loss (and by 0.5 nats), or ended above it
   flat           the end loss is less than 5% below the start loss after at least 10 steps
   spike          one step above 2x the median of the 10 before it and 1 nat above it, in a run that recovered
-  overfitting    the last eval loss is 10% (and 0.05 nats) above the best one while the train loss kept falling;
-                 an error from 20% up
-  gap            the final eval loss is more than twice the end train loss and 0.5 nats above it
+  overfitting    after the lowest eval loss, at least 2 more measurements, on average 3% above it, while the train
+                 loss at least halved; an error when the final eval loss is 20% above the lowest, or when the train
+                 loss fell 10x meanwhile (it keeps fitting the training rows while unseen rows get worse). The eval
+                 rows are the same at every measurement, so a rise is the model's, not sampling noise; relative, not
+                 in nats, because a templated answer (JSON keys, punctuation) keeps the loss per token low
+  gap            the final eval loss is more than 3x the end train loss and 0.05 nats above it
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from tasktune.diagnose.findings import Finding
 DIVERGE_FACTOR = 1.5
 FLAT_DROP = 0.05
 SPIKE_FACTOR, SPIKE_NATS = 2.0, 1.0
-OVERFIT_RISE, OVERFIT_ERROR_RISE = 0.10, 0.20
-GAP_FACTOR, GAP_NATS = 2.0, 0.5
+OVERFIT_RISE, OVERFIT_ERROR_RISE, OVERFIT_TRAIN_FALL = 0.03, 0.20, 10.0
+GAP_FACTOR, GAP_NATS = 3.0, 0.05
 MIN_STEPS = 10
 
 
@@ -169,29 +172,34 @@ def _overfitting(steps, evals, records, train, run, rows_per_epoch, tail, figure
         ))  # fmt: skip
     width = max(1, int(train.get("eval_every", 1)) // 2)
     train_at_best = _train_loss_near(steps, best_step, width)
-    rise = last - best
-    if len(evals) >= 3 and last_step > best_step and rise > max(0.05, OVERFIT_RISE * best) and tail < train_at_best:
+    after = [loss for s, loss in evals if s > best_step]
+    rise, mean_rise = (last / best - 1, _mean(after) / best - 1) if after and best > 0 else (0.0, 0.0)
+    fell = train_at_best / max(tail, 1e-12)
+    if len(after) >= 2 and mean_rise >= OVERFIT_RISE and fell >= 2:
+        severe = rise >= OVERFIT_ERROR_RISE or (rise >= OVERFIT_RISE and fell >= OVERFIT_TRAIN_FALL)
         ckpt = checkpoint_for_step(run, best_step)
         ep = epochs(best_step)
         where = (f"the checkpoint {ckpt} holds that step: use it" if ckpt is not None else
                  f"no checkpoint from step {best_step} exists (this run saved none)")  # fmt: skip
         findings.append(Finding(
-            "overfitting", "error" if rise >= OVERFIT_ERROR_RISE * best else "warning",
-            f"eval loss was lowest at step {best_step} ({best:.3f}) and rose to {last:.3f} by step {last_step}"
-            f" (+{rise / best:.0%}) while the train loss fell from {train_at_best:.3f} to {tail:.3f}",
+            "overfitting", "error" if severe else "warning",
+            f"eval loss was lowest at step {best_step} ({best:.4f}) and {last:.4f} by step {last_step} (+{rise:.0%};"
+            f" {len(after)} later measurements, +{mean_rise:.0%} on average) while the train loss fell"
+            f" {fell:.0f}x, from {train_at_best:.4f} to {tail:.4f}",
             f"{where}; train for {best_step} steps instead of {steps[-1][0]} (--max-steps {best_step}"
             + (f", about {ep:.1f} epochs" if ep is not None else "") + "): past it the model learns the training"
             " rows rather than the task. More (and more varied) rows, a lower --lora-r or --weight-decay 0.01 also"
             " help",
             {"best_eval_step": best_step, "best_eval_loss": best, "final_eval_loss": last, "rise": rise,
-             "train_loss_at_best": train_at_best, "final_train_loss": tail, "epochs_at_best": ep,
+             "mean_rise_after_best": mean_rise, "train_loss_fall": fell, "train_loss_at_best": train_at_best,
+             "final_train_loss": tail, "epochs_at_best": ep,
              "checkpoint_at_best": str(ckpt) if ckpt else None},
         ))  # fmt: skip
     if last > GAP_FACTOR * tail and last - tail > GAP_NATS:
         ep = epochs(steps[-1][0])
         findings.append(Finding(
             "generalisation-gap", "warning",
-            f"final eval loss {last:.3f} is {last / max(tail, 1e-9):.1f}x the final train loss {tail:.3f}"
+            f"final eval loss {last:.4f} is {last / max(tail, 1e-9):.1f}x the final train loss {tail:.4f}"
             + (f" after {ep:.1f} epochs" if ep is not None else ""),
             "the model fits the training rows much better than unseen ones: add rows, train fewer epochs, or lower"
             " the capacity (--lora-r 8); a gap this size on the first epoch means the eval rows differ from the"
