@@ -314,6 +314,8 @@ def test_stopping_rules_and_links_to_the_data_check():
     found, _ = json_validity_findings(outs, stopped, lambda v: [], data)
     assert [f.id for f in found] == ["invalid-output"] and found[0].linked == ["invalid-json-answer"]
     assert "--fix OUT" in found[0].remedy and "invalid-json-answer (7 row(s))" in found[0].remedy
+    found, _ = json_validity_findings(outs, stopped, lambda v: [], {}, best_step=65)
+    assert "--max-steps 65" in found[0].remedy
     assert continues_past_end('{"a": 1}\nNote: done', None, "json")
     assert not continues_past_end('{"a": 1}', None, "json")
     assert continues_past_end("yes yes yes yes yes yes yes", "yes", "text")

@@ -122,7 +122,9 @@ def diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> Diagnosis:
         findings += found
         if kind == "json":
             schema = task.json_schema()
-            found, fig = json_validity_findings(outs, stopped, lambda v: schema_errors(v, schema), data_codes)
+            overfit = next((f for f in findings if f.id == "overfitting"), None)
+            best = overfit.evidence["best_eval_step"] if overfit else None
+            found, fig = json_validity_findings(outs, stopped, lambda v: schema_errors(v, schema), data_codes, best)
             findings += found
             held_fig |= fig
         if index is not None:

@@ -104,9 +104,11 @@ def stopping_findings(outputs: list[str], stopped: list[bool], refs: list[str | 
     return findings, figures
 
 
-def json_validity_findings(outputs: list[str], stopped: list[bool], schema_errors, data_codes: dict):
+def json_validity_findings(outputs: list[str], stopped: list[bool], schema_errors, data_codes: dict,
+                           best_step: int | None = None):  # fmt: skip
     """Outputs of a JSON task that are not valid JSON, or break the schema; counted among the answers that stopped
-    (an answer cut by max_new_tokens is broken because of the cap: no-stop reports those)."""
+    (an answer cut by max_new_tokens is broken because of the cap: no-stop reports those). `best_step`: the step of
+    the lowest eval loss when the run is overfit."""
     done = [o for o, s in zip(outputs, stopped, strict=True) if s]
     invalid, off_schema = 0, 0
     for o in done:
@@ -129,6 +131,9 @@ def json_validity_findings(outputs: list[str], stopped: list[bool], schema_error
         remedy = (f"the training data has answers that are broken the same way ({', '.join(bad_data)}): the model"
                   " learned them. `tasktune check --task TASK.yaml --fix OUT` writes a copy without those rows;"
                   " retrain on OUT/task.yaml")  # fmt: skip
+    elif best_step is not None:  # an overfit run: more steps would make it worse
+        remedy = (f"the run is overfit (see overfitting): retrain with --max-steps {best_step}, where the eval loss"
+                  " was lowest, and with more varied rows")  # fmt: skip
     else:
         remedy = ("the model has not learned the answer format yet: train more steps (or with more rows), and check"
                   " a few training answers with `tasktune check --show 3`")  # fmt: skip
