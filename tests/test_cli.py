@@ -26,6 +26,7 @@ def _train_args(task_dir: Path, tiny_model: Path, out: Path, *extra: str) -> lis
         "2",
         "--precision",
         "fp32",
+        "--no-diagnose",  # the run doctor has its own tests (test_diagnose.py)
         *extra,
     ]
 

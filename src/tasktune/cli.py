@@ -6,6 +6,7 @@ tasktune predict RUN --input "raw text"            answer raw inputs with a tune
 tasktune compare TASK.yaml --out DIR               instruction, few-shot, prompt, prefix, lora, full side by side
 tasktune serve   RUN [RUN ...] [--port 8000]       OpenAI-compatible API; LoRA runs share one base model
 tasktune export  RUN --out DIR [--merge]           standalone Hugging Face model folder, checked for parity
+tasktune diagnose RUN                              what went wrong in a run (also runs at the end of train)
 """
 
 from __future__ import annotations
@@ -119,7 +120,47 @@ def cmd_train(args: argparse.Namespace) -> int:
         + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
     )
     print(f'tasktune: run saved to {result.run_dir}  (try: tasktune predict {result.run_dir} --input "...")')
+    if not args.no_diagnose and _main_process():
+        try:
+            _diagnose_and_save(result.run_dir)
+        except TaskTuneError as e:  # the run itself is saved and fine: say so, and how to diagnose it later
+            print(f"tasktune: warning: the diagnosis failed: {e}\n  then run: tasktune diagnose {result.run_dir}",
+                  file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _diagnose_and_save(run, cfg=None, json_path: str | None = None):
+    from tasktune.diagnose import diagnose, format_summary, save_diagnosis
+    from tasktune.fsio import atomic_write_json
+
+    d = diagnose(run, cfg)
+    print(format_summary(d))
+    try:
+        saved = save_diagnosis(d, run)
+    except TaskTuneError as e:  # a read-only run folder must not cost the result: --json still gets it
+        print(f"tasktune diagnose: warning: not saved in the run folder: {e}", file=sys.stderr)
+        saved = []
+    if json_path:
+        atomic_write_json(json_path, d.to_dict())
+        saved.append(Path(json_path))
+    print(f"tasktune diagnose: full result in {', '.join(map(str, saved))}")
+    return d
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from tasktune.config import build
+    from tasktune.diagnose import DiagnoseConfig
+
+    settings = {"limit": args.limit, "batch_size": args.batch_size, "probes": not args.no_probes,
+                "data_check": not args.no_data_check, "precision": args.precision}  # fmt: skip
+    cfg = build(DiagnoseConfig, settings, "command line")
+    return 1 if _diagnose_and_save(args.run, cfg, args.json).errors else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -370,8 +411,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--processes", type=int, default=1, metavar="N", help="data-parallel processes on this machine (torchrun)"
     )
     _add_trust_flags(p)
+    p.add_argument("--no-diagnose", action="store_true", help="skip the run doctor (tasktune diagnose) at the end")
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("diagnose", help="diagnose a run: loss curves, stopping, memorisation, forgetting, format drift")
+    p.add_argument("run", help="run folder of `tasktune train`; RUN/diagnosis.json and RUN/report.html go there")
+    p.add_argument("--json", help="also write the full result here")
+    p.add_argument("--limit", type=int, default=32, help="held-out inputs the tuned model answers (default: 32)")
+    p.add_argument("--batch-size", type=int, default=16, help="requests per generation batch")
+    p.add_argument("--no-probes", action="store_true", help="skip the general-ability probes (no base model loaded)")
+    p.add_argument("--no-data-check", action="store_true", help="skip linking to the dataset doctor's findings")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="inference precision")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("predict", help="answer raw inputs with a tuned run")
     p.add_argument("run", help="run folder written by `tasktune train`")

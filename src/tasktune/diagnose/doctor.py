@@ -1,0 +1,179 @@
+"""diagnose(): read a run directory, generate on held-out inputs and on the probes, and collect the findings."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from tasktune.config import TrainConfig, _Strict
+from tasktune.data import Example, read_examples
+from tasktune.diagnose.curves import curve_findings
+from tasktune.diagnose.findings import Diagnosis, Finding, demote_consequences
+from tasktune.diagnose.memorisation import TrainingAnswers
+from tasktune.diagnose.outputs import (
+    continues_past_end,
+    json_validity_findings,
+    memorisation_findings,
+    probe_findings,
+    stopping_findings,
+)
+from tasktune.diagnose.probes import load_probes
+from tasktune.metrics import schema_errors
+from tasktune.rundir import RunInfo, load_run_task, read_config, read_metrics
+
+FORMAT_OVERLAP = 0.5  # a text answer whose word 5-grams are at least half training-answer text has the task's shape
+
+
+class DiagnoseConfig(_Strict):
+    limit: int = Field(32, ge=1, description="held-out inputs the tuned model answers (stopping, format, copying)")
+    batch_size: int = Field(16, ge=1, description="requests per generation batch")
+    probes: bool = Field(True, description="ask the general-ability probes of base and tuned model")
+    probe_max_new_tokens: int = Field(48, ge=1, description="answer cap for the probes (short questions)")
+    data_check: bool = Field(True, description="run the dataset doctor on the run's data and link its findings")
+    precision: str = Field("auto", description="inference precision: auto | bf16 | fp32")
+
+
+def _exists(path: Path | None) -> bool:
+    return path is not None and path.is_file()
+
+
+def _splits(task, train: TrainConfig) -> tuple[list[Example], list[Example], str | None]:
+    """(training rows as trained, held-out rows, where the held-out rows come from): test, else eval, else the
+    share of train that `train` held out for eval loss (same seed, same rows)."""
+    from tasktune.train import _split_eval
+
+    train_path = task.data_path("train")
+    rows = read_examples(train_path) if _exists(train_path) else []
+    eval_path = task.data_path("eval")
+    if not _exists(eval_path):
+        rows, held = _split_eval(rows, train.eval_split, train.seed)
+    else:
+        held = read_examples(eval_path)
+    test_path = task.data_path("test")
+    if _exists(test_path):
+        return rows, read_examples(test_path), str(test_path)
+    if held:
+        return rows, held, str(eval_path) if _exists(eval_path) else f"{train_path} (the eval share held out)"
+    return rows, [], None
+
+
+def _data_codes(task, train: TrainConfig, tokenizer) -> dict:
+    """The dataset doctor's errors and warnings on the run's data, by code (counts summed over splits)."""
+    from tasktune.check import CheckConfig, check_dataset, task_splits
+
+    splits = {k: p for k, p in task_splits(task).items() if p.is_file()}
+    if not splits:
+        return {}
+    report = check_dataset(splits, task=task, cfg=CheckConfig.for_training(task, train), tokenizer=tokenizer)
+    codes: dict[str, dict] = {}
+    for f in report.findings:
+        if f.severity in ("error", "warning"):
+            entry = codes.setdefault(f.code, {"severity": f.severity, "count": 0, "messages": []})
+            entry["count"] += f.count
+            entry["messages"].append(f.message)
+    return codes
+
+
+def _json_shaped(answer: str, stopped: bool) -> bool:
+    text = answer.strip()
+    if not text.startswith(("{", "[")):
+        return False
+    if not stopped:
+        return True  # cut by the cap while writing JSON
+    try:
+        json.loads(text)
+        return True
+    except json.JSONDecodeError:
+        return continues_past_end(text, None, "json")
+
+
+def diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> Diagnosis:
+    """Diagnose a finished run: its loss curves, its answers on held-out inputs, its answers to the probes."""
+    from tasktune.predict import Predictor
+
+    cfg = cfg or DiagnoseConfig()
+    t0 = time.perf_counter()
+    run = Path(run)
+    info = RunInfo.load(run)
+    task = load_run_task(run)
+    train = TrainConfig.model_validate(read_config(run).get("train") or {})
+    train_rows, heldout, source = _splits(task, train)
+    heldout = heldout[: cfg.limit]
+    train_settings = train.model_dump(mode="json") | {"learning_rate": train.resolved_learning_rate()}
+    findings, curves = curve_findings(read_metrics(run), train_settings, run, len(train_rows) or None)
+
+    predictor = Predictor.from_run(run, precision=cfg.precision)
+    tok = predictor.fmt.tok
+    data_codes = _data_codes(task, train, tok) if cfg.data_check else {}
+    kind = info.output_kind
+    index = TrainingAnswers([ex.answer for ex in train_rows]) if train_rows else None
+    held_fig, mem_fig, examples = {"source": source, "n": 0}, {}, []
+    if heldout:
+        preds = predictor.predict(heldout, batch_size=cfg.batch_size)
+        outs, stopped = [p.output for p in preds], [p.stopped for p in preds]
+        refs = [ex.answer or "" for ex in heldout]
+        ref_tokens = [len(tok.encode(r, add_special_tokens=False)) for r in refs]
+        found, held_fig = stopping_findings(outs, stopped, refs, ref_tokens, kind, predictor.max_new_tokens,
+                                            predictor.fmt.end_text, data_codes)  # fmt: skip
+        held_fig["source"] = source
+        findings += found
+        if kind == "json":
+            schema = task.json_schema()
+            overfit = next((f for f in findings if f.id == "overfitting"), None)
+            best = overfit.evidence["best_eval_step"] if overfit else None
+            found, fig = json_validity_findings(outs, stopped, lambda v: schema_errors(v, schema), data_codes, best)
+            findings += found
+            held_fig |= fig
+        if index is not None:
+            out_m, ref_m = index.match(outs), index.match(refs)
+            where = [ex.where for ex in train_rows]
+            found, mem_fig = memorisation_findings(outs, refs, out_m, ref_m, where, data_codes)
+            findings += found
+            examples = [{"where": ex.where, "input": ex.input_text, "output": p.output, "reference": ex.answer,
+                         "stopped": p.stopped, "copies": where[m.train_index] if m.copied else None}
+                        for ex, p, m in zip(heldout, preds, out_m, strict=True)]  # fmt: skip
+    else:
+        findings.append(Finding("no-heldout", "info", "the run's task has no test or eval rows (and no eval share of"
+                                " train): stopping, format and memorisation were not measured",
+                                "add data.test to the task (rows never trained on)"))  # fmt: skip
+
+    probe_fig: dict = {}
+    if cfg.probes:
+        probes = load_probes()
+        prompts = [p.prompt for p in probes]
+        tuned = [(p.output, p.stopped) for p in predictor.predict(prompts, batch_size=cfg.batch_size,
+                                                                  max_new_tokens=cfg.probe_max_new_tokens)]  # fmt: skip
+        del predictor
+        base_spec = info.base_model_path if (Path(info.base_model_path) / "config.json").is_file() else info.base_model
+        base_pred = Predictor.from_base(base_spec, instruction=None, output_kind=kind,
+                                        max_new_tokens=cfg.probe_max_new_tokens, precision=cfg.precision)  # fmt: skip
+        base = [(p.output, p.stopped) for p in base_pred.predict(prompts, batch_size=cfg.batch_size)]
+
+        def in_format(answer: str, stopped: bool) -> bool:
+            if kind == "json":
+                return _json_shaped(answer, stopped)
+            return index is not None and bool(answer.strip()) and index.ngram_overlap(answer) >= FORMAT_OVERLAP
+
+        found, probe_fig = probe_findings(probes, base, tuned, in_format)
+        findings += found
+
+    return Diagnosis(
+        run=str(run), task=task.name, method=info.method, output_kind=kind,
+        findings=demote_consequences(findings), curves=curves, heldout=held_fig, memorisation=mem_fig,
+        probes=probe_fig, data_check=data_codes, seconds=time.perf_counter() - t0, examples=examples,
+    )  # fmt: skip
+
+
+def save_diagnosis(d: Diagnosis, run: str | Path) -> list[Path]:
+    """RUN/diagnosis.json (every figure) and RUN/report.html (loss curves and findings), written atomically."""
+    from tasktune.diagnose.report import render_html
+    from tasktune.fsio import atomic_write_json, atomic_write_text
+
+    run = Path(run)
+    paths = [run / "diagnosis.json", run / "report.html"]
+    atomic_write_json(paths[0], d.to_dict())
+    atomic_write_text(paths[1], render_html(d, read_metrics(run)))
+    return paths

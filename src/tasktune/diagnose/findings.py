@@ -1,0 +1,82 @@
+"""What a diagnosis is made of: findings (id, severity, evidence in numbers, remedy) and the result that holds them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+SEVERITIES = ("error", "warning", "info")
+
+# Findings about the optimisation itself: when one of these is an error, what the model then does (no stop, broken
+# JSON, copied answers, forgotten skills) follows from it, and is reported as its consequence rather than as a cause.
+ROOT_CAUSES = ("loss-not-finite", "loss-diverged", "loss-flat")
+CONSEQUENCES = ("no-stop", "runs-past-answer", "invalid-output", "memorisation", "format-drift", "forgetting")
+
+
+@dataclass
+class Finding:
+    id: str  # stable name, e.g. "loss-diverged"
+    severity: str  # error | warning | info
+    message: str  # what was seen, with its numbers
+    remedy: str  # which setting to change, to what, and why
+    evidence: dict = field(default_factory=dict)  # the numbers behind the message
+    linked: list[str] = field(default_factory=list)  # dataset-doctor codes (`tasktune check`) that explain it
+    cause: str | None = None  # id of the root-cause finding this one follows from
+
+
+@dataclass
+class Diagnosis:
+    run: str
+    task: str
+    method: str
+    output_kind: str
+    findings: list[Finding]
+    curves: dict  # loss-curve figures (optimisation section)
+    heldout: dict  # where the held-out inputs came from, generation figures (stopping section)
+    memorisation: dict
+    probes: dict  # general-ability probe scores, base vs tuned
+    data_check: dict  # the dataset doctor's error and warning codes with counts
+    seconds: float = 0.0
+    examples: list[dict] = field(default_factory=list)  # held-out predictions with their flags, for the report
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    def ids(self, severity: str | None = None) -> set[str]:
+        return {f.id for f in self.findings if severity is None or f.severity == severity}
+
+    def get(self, finding_id: str) -> Finding | None:
+        return next((f for f in self.findings if f.id == finding_id), None)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["summary"] = {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES}
+        return d
+
+
+def demote_consequences(findings: list[Finding]) -> list[Finding]:
+    """Sort by severity; behind a failed optimisation, report the output symptoms as its consequences (info)."""
+    root = next((f for f in findings if f.id in ROOT_CAUSES and f.severity == "error"), None)
+    if root is not None:
+        for f in findings:
+            if f.id in CONSEQUENCES and f.severity != "info":
+                f.cause = root.id
+                f.severity = "info"
+                f.message += f" (a consequence of {root.id}: fix that first)"
+    return sorted(findings, key=lambda f: SEVERITIES.index(f.severity))
+
+
+def format_summary(d: Diagnosis) -> str:
+    """Terminal summary: one line per finding, then each error and warning with its remedy."""
+    counts = {s: sum(f.severity == s for f in d.findings) for s in SEVERITIES}
+    lines = [f"tasktune diagnose: {d.run} ({d.method}, task {d.task}): {counts['error']} error(s), "
+             f"{counts['warning']} warning(s), {counts['info']} info ({d.seconds:.0f}s)"]  # fmt: skip
+    if d.findings:
+        width = max(len(f.id) for f in d.findings)
+        lines += [f"  {f.severity:<7}  {f.id:<{width}}  {f.message}" for f in d.findings]
+    for f in d.findings:
+        if f.severity != "info":
+            lines.append(f"fix {f.id}: {f.remedy}")
+    if not counts["error"]:
+        lines.append("no error-level finding: the run trained, stops and generalises as far as these checks see")
+    return "\n".join(lines)
