@@ -120,19 +120,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
     )
     print(f'tasktune: run saved to {result.run_dir}  (try: tasktune predict {result.run_dir} --input "...")')
-    if not args.no_diagnose and _main_process():
+    if not args.no_diagnose:
         try:
             _diagnose_and_save(result.run_dir)
         except TaskTuneError as e:  # the run itself is saved and fine: say so, and how to diagnose it later
             print(f"tasktune: warning: the diagnosis failed: {e}\n  then run: tasktune diagnose {result.run_dir}",
                   file=sys.stderr)  # fmt: skip
     return 0
-
-
-def _main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
 
 
 def _diagnose_and_save(run, cfg=None, json_path: str | None = None):

@@ -53,13 +53,13 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress_enabled() or len(prompts) < 2)
+    settings = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=fmt.stop_ids, pad_token_id=pad_id)
     was_training = model.training
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, mask = pad_left([prompts[i] for i in idx], pad_id)
         t0 = time.perf_counter()
-        settings = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=fmt.stop_ids, pad_token_id=pad_id)
         out = new_tokens(model, ids.to(device), mask.to(device), **settings)
         latency = time.perf_counter() - t0
         for row, i in enumerate(idx):
