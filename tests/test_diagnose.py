@@ -18,7 +18,7 @@ from tasktune.config import load_task, merge_overrides
 from tasktune.diagnose import DiagnoseConfig, diagnose
 from tasktune.diagnose.curves import curve_findings
 from tasktune.diagnose.findings import Finding, demote_consequences
-from tasktune.diagnose.memorisation import TrainingAnswers
+from tasktune.diagnose.memorisation import TrainingAnswers, membership
 from tasktune.diagnose.outputs import (
     continues_past_end,
     json_validity_findings,
@@ -75,6 +75,9 @@ def test_healthy_run_has_no_error_finding(healthy):
     # the tiny task's answers repeat (8 distinct), so copying them is what the references do too: no memorisation
     assert healthy.memorisation["reference_copy_rate"] == 1.0
     assert "memorisation" not in healthy.ids()
+    member = healthy.memorisation["membership"]  # training rows are no likelier to the model than unseen ones
+    assert member["n_train"] == member["n_unseen"] == 8
+    assert member["auc"] < 0.9 and member["loss_ratio"] < 5, member
 
 
 def test_format_drift_when_general_questions_meet_a_json_only_model(healthy):
@@ -163,6 +166,8 @@ def test_many_epochs_on_a_dozen_rows_overfit_and_memorise(tiny_model, tmp_path):
     mem = d.get("memorisation").evidence
     assert mem["reference_copy_rate"] == 0.0  # the control: new inputs have new answers
     assert mem["output_copy_rate"] >= 0.5 and mem["wrong_copies"] >= 4
+    assert mem["membership"]["auc"] >= 0.97 and mem["membership"]["loss_ratio"] >= 20, mem["membership"]
+    assert "knows its training rows by heart" in d.get("memorisation").message
     assert "generalisation-gap" in d.ids("warning")
 
 
@@ -300,6 +305,35 @@ def test_memorisation_is_measured_against_the_references():
     long = [f"{a} and then {b}" for a, b in zip(train_answers, reversed(train_answers), strict=True)]
     near = TrainingAnswers(long).match([long[3].rsplit(" ", 1)[0] + " tomorrow"])[0]
     assert near.copied and near.train_index == 3 and 0.8 <= near.similarity < 1.0
+
+
+def test_membership_catches_rows_learnt_by_heart_while_answers_stay_right():
+    """An extraction task copies from the input, so a model that memorised its rows can still answer new ones right:
+    only the loss of training rows against unseen rows of the same data shows it (the real 50-report run did this)."""
+    same = membership([0.5, 0.7, 0.9], [0.5, 0.7, 0.9])
+    assert same["auc"] == 0.5 and same["loss_ratio"] == 1.0  # indistinguishable: ties count half
+    apart = membership([0.001, 0.002, 0.003], [0.05, 0.08, 0.2])
+    assert apart["auc"] == 1.0 and apart["loss_ratio"] == pytest.approx(40.0)
+    mixed = membership([0.1, 0.3], [0.2, 0.4])  # pairs: 0.1<0.2, 0.1<0.4, 0.3>0.2, 0.3<0.4
+    assert mixed["auc"] == 0.75
+
+    answers = [f"ticket {w} goes to the {v} team" for w in WORDS[:6] for v in WORDS[6:8]]
+    index, where = TrainingAnswers(answers), [f"train.jsonl:{i + 1}" for i in range(len(answers))]
+    refs = [f"a brand new answer about {w} written for this input" for w in WORDS[:8]]
+    outs = list(refs)  # right answers, nothing copied
+    found, fig = memorisation_findings(outs, refs, index.match(outs), index.match(refs), where, {}, apart)
+    assert [(f.id, f.severity) for f in found] == [("memorisation", "error")]
+    assert "40x less loss" in found[0].message and "not copied yet" in found[0].message
+    assert fig["membership"] == apart and fig["output_copy_rate"] == 0.0
+    mild = membership([0.02] * 4, [0.12] * 4)  # 6x, AUC 1.0: a warning, not yet an error
+    assert [f.severity for f in memorisation_findings(outs, refs, index.match(outs), index.match(refs), where, {},
+                                                      mild)[0]] == ["warning"]  # fmt: skip
+    for healthy in (same, mixed, membership([0.1] * 4, [0.9] * 4) | {"auc": 0.8}):  # each test alone is not enough
+        assert memorisation_findings(outs, refs, index.match(outs), index.match(refs), where, {}, healthy)[0] == []
+    # no held-out generations (no test split) still reports the membership test
+    found, _ = memorisation_findings([], [], [], [], [], {}, apart)
+    assert [f.id for f in found] == ["memorisation"] and "held-out answers" not in found[0].message
+    assert "copied" not in found[0].message
 
 
 def test_stopping_rules_and_links_to_the_data_check():

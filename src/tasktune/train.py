@@ -102,10 +102,11 @@ def collate(rows: list[Encoded], pad_id: int, multiple: int = PAD_MULTIPLE) -> d
 
 
 # --- loss ---------------------------------------------------------------------------------------------------------
-def token_loss(
+def supervised_logits(
     model, batch: dict[str, torch.Tensor], supervised_only: bool = True, prepended: int = 0
-) -> tuple[torch.Tensor, int]:
-    """Sum of next-token cross-entropy over supervised positions, and their count.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits at the supervised positions (one row per predicted token), their targets, and the boolean mask of
+    those positions in the batch (row-major, so `keep.nonzero()[:, 0]` says which example each token belongs to).
 
     With `supervised_only`, the output projection runs only where a label is supervised (transformers'
     `logits_to_keep` boolean mask): a 49k-wide vocabulary matmul per prompt token is the largest waste in SFT.
@@ -124,6 +125,14 @@ def token_loss(
         logits = model(**kwargs).logits
     if logits.dim() == 3:  # full logits (plain path, or a model without boolean logits_to_keep)
         logits = logits[:, -keep.shape[1] :][keep]  # the last positions are the input ids' own
+    return logits, targets, keep
+
+
+def token_loss(
+    model, batch: dict[str, torch.Tensor], supervised_only: bool = True, prepended: int = 0
+) -> tuple[torch.Tensor, int]:
+    """Sum of next-token cross-entropy over supervised positions, and their count (see `supervised_logits`)."""
+    logits, targets, _ = supervised_logits(model, batch, supervised_only, prepended)
     loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
     return loss_sum, int(targets.numel())
 
@@ -146,6 +155,26 @@ def evaluate_loss(
         count += n
     model.train()
     return total / max(count, 1)
+
+
+@torch.no_grad()
+def row_losses(model, rows: list[Encoded], pad_id: int, batch_size: int = 8, prepended: int = 0) -> list[float]:
+    """Mean answer-token loss of each row, teacher-forced, in the order given (the run doctor's membership test)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [0.0] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
+    for j in range(0, len(order), batch_size):
+        idx = order[j : j + batch_size]
+        batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], pad_id).items()}
+        logits, targets, keep = supervised_logits(model, batch, prepended=prepended)
+        per_token = F.cross_entropy(logits.float(), targets, reduction="none")
+        which = keep.nonzero()[:, 0]
+        sums = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, which.cpu(), per_token.double().cpu())
+        counts = torch.bincount(which.cpu(), minlength=len(idx)).clamp(min=1)
+        for k, i in enumerate(idx):
+            out[i] = float(sums[k] / counts[k])
+    return out
 
 
 # --- the loop -----------------------------------------------------------------------------------------------------

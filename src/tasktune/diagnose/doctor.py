@@ -12,7 +12,7 @@ from tasktune.config import TrainConfig, _Strict
 from tasktune.data import Example, read_examples
 from tasktune.diagnose.curves import curve_findings
 from tasktune.diagnose.findings import Diagnosis, Finding, demote_consequences
-from tasktune.diagnose.memorisation import TrainingAnswers
+from tasktune.diagnose.memorisation import TrainingAnswers, membership
 from tasktune.diagnose.outputs import (
     continues_past_end,
     json_validity_findings,
@@ -40,9 +40,10 @@ def _exists(path: Path | None) -> bool:
     return path is not None and path.is_file()
 
 
-def _splits(task, train: TrainConfig) -> tuple[list[Example], list[Example], str | None]:
-    """(training rows as trained, held-out rows, where the held-out rows come from): test, else eval, else the
-    share of train that `train` held out for eval loss (same seed, same rows)."""
+def _splits(task, train: TrainConfig) -> tuple[list[Example], list[Example], str | None, list[Example]]:
+    """(training rows as trained, held-out rows, where the held-out rows come from, unseen rows drawn like train):
+    held-out rows are test, else eval, else the share of train that `train` held out for eval loss (same seed, same
+    rows); the unseen rows for the membership test are eval (or that share), else test."""
     from tasktune.train import _split_eval
 
     train_path = task.data_path("train")
@@ -54,10 +55,35 @@ def _splits(task, train: TrainConfig) -> tuple[list[Example], list[Example], str
         held = read_examples(eval_path)
     test_path = task.data_path("test")
     if _exists(test_path):
-        return rows, read_examples(test_path), str(test_path)
+        test = read_examples(test_path)
+        return rows, test, str(test_path), held or test
     if held:
-        return rows, held, str(eval_path) if _exists(eval_path) else f"{train_path} (the eval share held out)"
-    return rows, [], None
+        return rows, held, str(eval_path) if _exists(eval_path) else f"{train_path} (the eval share held out)", held
+    return rows, [], None, []
+
+
+def _spread(rows: list, n: int) -> list:
+    """n rows spread evenly over the list (the whole list when it is shorter)."""
+    if len(rows) <= n:
+        return list(rows)
+    return [rows[i * len(rows) // n] for i in range(n)]
+
+
+def _membership(predictor, info: RunInfo, train: TrainConfig, train_rows, unseen, cfg: DiagnoseConfig) -> dict:
+    """Teacher-forced answer losses of up to `cfg.limit` training rows and as many unseen ones (memorisation.py)."""
+    from tasktune.strategies import get_strategy
+    from tasktune.train import encode_rows, row_losses
+
+    if not train_rows or not unseen:
+        return {}
+    fmt = predictor.fmt
+    pad_id = fmt.tok.pad_token_id if fmt.tok.pad_token_id is not None else fmt.stop_ids[0]
+    prepended = get_strategy(info.method).prepended_tokens(train)
+    losses = []
+    for rows in (_spread(train_rows, cfg.limit), _spread(unseen, cfg.limit)):
+        encoded, _ = encode_rows(fmt, [ex for ex in rows if ex.answer], predictor.instruction, train.max_length)
+        losses.append(row_losses(predictor.model, encoded, pad_id, batch_size=8, prepended=prepended))
+    return membership(*losses)
 
 
 def _data_codes(task, train: TrainConfig, tokenizer) -> dict:
@@ -100,7 +126,7 @@ def diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> Diagnosis:
     info = RunInfo.load(run)
     task = load_run_task(run)
     train = TrainConfig.model_validate(read_config(run).get("train") or {})
-    train_rows, heldout, source = _splits(task, train)
+    train_rows, heldout, source, unseen = _splits(task, train)
     heldout = heldout[: cfg.limit]
     train_settings = train.model_dump(mode="json") | {"learning_rate": train.resolved_learning_rate()}
     findings, curves = curve_findings(read_metrics(run), train_settings, run, len(train_rows) or None)
@@ -109,6 +135,7 @@ def diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> Diagnosis:
     tok = predictor.fmt.tok
     data_codes = _data_codes(task, train, tok) if cfg.data_check else {}
     kind = info.output_kind
+    member = _membership(predictor, info, train, train_rows, unseen, cfg)
     index = TrainingAnswers([ex.answer for ex in train_rows]) if train_rows else None
     held_fig, mem_fig, examples = {"source": source, "n": 0}, {}, []
     if heldout:
@@ -130,12 +157,15 @@ def diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> Diagnosis:
         if index is not None:
             out_m, ref_m = index.match(outs), index.match(refs)
             where = [ex.where for ex in train_rows]
-            found, mem_fig = memorisation_findings(outs, refs, out_m, ref_m, where, data_codes)
+            found, mem_fig = memorisation_findings(outs, refs, out_m, ref_m, where, data_codes, member)
             findings += found
             examples = [{"where": ex.where, "input": ex.input_text, "output": p.output, "reference": ex.answer,
                          "stopped": p.stopped, "copies": where[m.train_index] if m.copied else None}
                         for ex, p, m in zip(heldout, preds, out_m, strict=True)]  # fmt: skip
     else:
+        if member:
+            found, mem_fig = memorisation_findings([], [], [], [], [], data_codes, member)
+            findings += found
         findings.append(Finding("no-heldout", "info", "the run's task has no test or eval rows (and no eval share of"
                                 " train): stopping, format and memorisation were not measured",
                                 "add data.test to the task (rows never trained on)"))  # fmt: skip

@@ -9,6 +9,15 @@ time without memorising anything):
                  dedup.py);
   n-gram overlap mean share of a text's word 5-grams that occur somewhere in the training answers: text spliced
                  together from several memorised answers scores high here without equalling any one of them.
+
+A model can also know its training rows by heart without copying them onto new inputs (an extraction task copies
+from the input, so its answers stay right while it memorises). The third measure catches that, the loss-threshold
+membership test of Yeom et al. (2018) used in memorisation studies: teacher-forced answer loss of training rows
+against unseen rows of the same distribution (the eval split, drawn like train):
+  loss ratio     median loss of the unseen rows over the median loss of the training rows (about 1 for a model
+                 that learnt the task; 10x and more when it learnt the rows);
+  membership AUC the chance that a random training row has a lower loss than a random unseen one (0.5: the model
+                 cannot tell them apart; 1.0: every training row is recognisable by its loss alone).
 """
 
 from __future__ import annotations
@@ -80,3 +89,14 @@ class TrainingAnswers:
             else:
                 out.append(Match(False, None, 0.0, self.ngram_overlap(t)))
         return out
+
+
+def membership(train_losses: list[float], unseen_losses: list[float]) -> dict:
+    """Loss-threshold membership test (see the module docstring): loss ratio and AUC (Mann-Whitney, ties count half)."""
+    t, u = np.asarray(train_losses, dtype=float), np.asarray(unseen_losses, dtype=float)
+    if not len(t) or not len(u):
+        return {}
+    lower = (t[:, None] < u[None, :]).mean() + 0.5 * (t[:, None] == u[None, :]).mean()
+    t_med, u_med = float(np.median(t)), float(np.median(u))
+    return {"n_train": len(t), "n_unseen": len(u), "train_loss_median": t_med, "unseen_loss_median": u_med,
+            "loss_ratio": u_med / max(t_med, 1e-6), "auc": float(lower)}  # fmt: skip

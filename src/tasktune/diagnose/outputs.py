@@ -146,36 +146,63 @@ def json_validity_findings(outputs: list[str], stopped: list[bool], schema_error
     )], figures  # fmt: skip
 
 
+# The membership test flags a run whose training rows are recognisable by their loss alone; a ratio of 5x with
+# AUC 0.9 already means that most training rows are far likelier to the model than any row it has not seen.
+MEMBERSHIP_WARN = {"auc": 0.9, "loss_ratio": 5.0}
+MEMBERSHIP_ERROR = {"auc": 0.97, "loss_ratio": 20.0}
+
+
+def _beyond(m: dict, limits: dict) -> bool:
+    return bool(m) and all(m[k] >= v for k, v in limits.items())
+
+
 def memorisation_findings(outputs: list[str], refs: list[str], out_m: list[Match], ref_m: list[Match],
-                          train_where: list[str], data_codes: dict):  # fmt: skip
-    """Outputs that copy training answers, against the references' own rate of doing so (the control)."""
+                          train_where: list[str], data_codes: dict, member: dict | None = None):  # fmt: skip
+    """Outputs that copy training answers, against the references' own rate of doing so (the control), and
+    training rows the model recognises by their loss (`member`: memorisation.membership's figures, or None)."""
     n = len(outputs)
-    if not n:
+    member = member or {}
+    if not n and not member:
         return [], {}
-    out_copy = sum(m.copied for m in out_m) / n
-    ref_copy = sum(m.copied for m in ref_m) / n
+    out_copy = sum(m.copied for m in out_m) / n if n else 0.0
+    ref_copy = sum(m.copied for m in ref_m) / n if n else 0.0
     wrong = [i for i in range(n) if out_m[i].copied and canonical(outputs[i]) != canonical(refs[i])]
-    out_ngram = sum(m.ngram_overlap for m in out_m) / n
-    ref_ngram = sum(m.ngram_overlap for m in ref_m) / n
+    out_ngram = sum(m.ngram_overlap for m in out_m) / n if n else 0.0
+    ref_ngram = sum(m.ngram_overlap for m in ref_m) / n if n else 0.0
     figures = {"n": n, "output_copy_rate": out_copy, "reference_copy_rate": ref_copy,
-               "wrong_copy_rate": len(wrong) / n, "output_ngram_overlap": out_ngram,
-               "reference_ngram_overlap": ref_ngram}  # fmt: skip
+               "wrong_copy_rate": len(wrong) / max(n, 1), "output_ngram_overlap": out_ngram,
+               "reference_ngram_overlap": ref_ngram, "membership": member}  # fmt: skip
     excess, excess_ngram = out_copy - ref_copy, out_ngram - ref_ngram
-    flagged = (excess >= 0.1 and len(wrong) / n >= 0.1) or excess_ngram >= 0.2
-    if not flagged:
+    copying = (excess >= 0.1 and len(wrong) / max(n, 1) >= 0.1) or excess_ngram >= 0.2
+    recognised = _beyond(member, MEMBERSHIP_WARN)
+    if not copying and not recognised:
         return [], figures
-    sev = "error" if excess >= 0.2 or excess_ngram >= 0.4 else "warning"
+    copy_error = excess >= 0.2 or excess_ngram >= 0.4
+    sev = "error" if copy_error or _beyond(member, MEMBERSHIP_ERROR) else "warning"
     links = _linked("memorisation", data_codes)
-    example = ""
-    if wrong:
-        i = wrong[0]
-        example = f"; e.g. {outputs[i][:100]!r} is the answer of {train_where[out_m[i].train_index]}"
+    parts = []
+    if recognised:
+        parts.append(
+            f"the model knows its training rows by heart: their answers cost it {member['loss_ratio']:.0f}x less"
+            f" loss than unseen rows of the same data (median {member['train_loss_median']:.4f} against"
+            f" {member['unseen_loss_median']:.4f}), and a training row has the lower loss in"
+            f" {member['auc']:.0%} of training/unseen pairs (membership AUC {member['auc']:.2f})"
+        )
+    if n:
+        example = ""
+        if wrong:
+            i = wrong[0]
+            example = f"; e.g. {outputs[i][:100]!r} is the answer of {train_where[out_m[i].train_index]}"
+        parts.append(
+            f"{out_copy:.0%} of held-out answers equal a training answer (near-)verbatim, against {ref_copy:.0%} of"
+            f" their references; {len(wrong) / n:.0%} copy a wrong one; {out_ngram:.0%} of their word 5-grams come"
+            f" from training answers, against {ref_ngram:.0%} for the references{example}"
+        )
+    if recognised and not copying and n:
+        parts[-1] += " (so it still reads new inputs: the answers are not copied yet)"
     return [Finding(
-        "memorisation", sev,
-        f"{out_copy:.0%} of held-out answers equal a training answer (near-)verbatim, against {ref_copy:.0%} of"
-        f" their references; {len(wrong) / n:.0%} copy a wrong one; {out_ngram:.0%} of their word 5-grams come from"
-        f" training answers, against {ref_ngram:.0%} for the references{example}",
-        "the model recalls training answers instead of reading the input: train fewer steps (see overfitting),"
+        "memorisation", sev, "; ".join(parts),
+        "the model recalls training rows instead of learning the task: train fewer steps (see overfitting),"
         " add more varied rows, remove repeated rows (`tasktune check --fix`), or lower the capacity (--lora-r 8)"
         + _data_note(links, data_codes),
         figures | {"wrong_copies": len(wrong)}, links,

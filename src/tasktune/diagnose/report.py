@@ -63,7 +63,12 @@ def render_html(d: Diagnosis, records: list[dict]) -> str:
     checked = d.data_check.items()
     data = _rows([[code, v["severity"], v["count"], "; ".join(v["messages"])[:300]] for code, v in checked])
     counts = {s: sum(f.severity == s for f in d.findings) for s in ("error", "warning", "info")}
-    figures = {"optimisation": d.curves, "held-out answers": d.heldout, "memorisation": d.memorisation}
+    figures = {
+        "optimisation": d.curves,
+        "held-out answers": d.heldout,
+        "memorisation": d.memorisation,
+        "membership (training vs unseen rows' loss)": d.memorisation.get("membership") or {},
+    }
     figure_rows = _rows([[sec, k, f"{v:.4g}" if isinstance(v, float) else v] for sec, fig in figures.items()
                          for k, v in fig.items() if not isinstance(v, (dict, list))])  # fmt: skip
     return f"""<!doctype html>
