@@ -34,6 +34,7 @@ from tasktune.distill import (
     distill,
     teacher_messages,
 )
+from tasktune.errors import ConfigError
 from tasktune.train import train
 from tests.tiny import make_rows, write_jsonl
 
@@ -418,3 +419,39 @@ def test_local_teacher_student_training_and_agreement_report(teacher_run, tiny_m
     assert report["prompt_token_saving"] == pytest.approx(1 - bare / told)
     assert [e["teacher"] for e in report["examples"]] == [row["output"] for row in test_rows]
     assert set(report["teacher_metrics_vs_reference"]) >= {"exact_match", "rouge_l", "chrf"}
+
+
+def test_answer_pattern_drops_text_answers_that_miss_the_rule(endpoint, tiny_model, tmp_path):
+    fake = endpoint(
+        answer=lambda text: ("Ahoy matey! " + text if "pirate" in text else "Dear customer, " + text, "stop")
+    )
+    texts = ["pirate one", "clerk one", "pirate two", "clerk two"]
+    raw, out = _inputs(tmp_path, texts), tmp_path / "data"
+    cfg = _cfg(fake.url, answer_pattern=r"(?i)\bahoy\b", test_share=0.0, eval_share=0.0)
+    r = distill(_task(tmp_path, tiny_model), raw, out, cfg)
+    assert sorted(row["input"] for row in _read(out / "train.jsonl")) == ["pirate one", "pirate two"]
+    why = "does not match --answer-pattern '(?i)\\\\bahoy\\\\b'"
+    assert [(d["line"], d["reason"]) for d in _read(out / "dropped.jsonl")] == [(2, why), (4, why)]
+    assert (r.labelled, r.dropped) == (2, 2)
+    with pytest.raises(ConfigError, match="checks text answers"):
+        distill(_task(tmp_path, tiny_model, kind="json"), raw, tmp_path / "d2", cfg)
+    with pytest.raises(ConfigError, match="answer_pattern"):
+        _cfg(fake.url, answer_pattern="(unclosed").check()
+
+
+def test_pirate_support_example_is_deterministic_and_its_rule_tells_a_pirate_from_a_clerk(tmp_path):
+    from tasktune.config import load_task
+    from tasktune.examples.pirate_support import INSTRUCTION, follows_rule
+
+    assert main(["example", "pirate-support", "--out", str(tmp_path / "a"), "--n", "60"]) == 0
+    assert main(["example", "pirate-support", "--out", str(tmp_path / "b"), "--n", "60"]) == 0
+    for name in ("raw.jsonl", "held_out.jsonl", "task.yaml"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    raw = [r["input"] for r in _read(tmp_path / "a" / "raw.jsonl")]
+    held = [r["input"] for r in _read(tmp_path / "a" / "held_out.jsonl")]
+    assert len(raw) == 60 and len(held) == 48 and len(set(raw + held)) == 108  # distinct, never both
+    task = load_task(tmp_path / "a" / "task.yaml")
+    assert task.instruction == INSTRUCTION and task.output.kind == "text"
+    assert follows_rule("Ahoy, matey! Ye can find the export in the menu.")
+    assert follows_rule("Arrgh, that be a fine question.")
+    assert not follows_rule("To export your notes, open the menu and choose PDF. Shipping is free.")

@@ -65,6 +65,9 @@ class DistillConfig(_Strict):
     timeout: float = Field(120.0, gt=0, description="seconds one endpoint request may take")
     max_tokens: int = Field(256, ge=1, description="answer length cap; answers cut off at it are dropped")
     temperature: float = Field(0.0, ge=0, le=2, description="teacher sampling temperature (0: greedy)")
+    answer_pattern: str | None = Field(
+        None, description="regular expression a text answer must contain (re.search) to be kept, e.g. a rule's marker"
+    )
     shots: int = Field(0, ge=0, description="labelled rows of the task's data.train shown to the teacher as examples")
     test_share: float = Field(0.1, ge=0, lt=1, description="share of inputs held out for agreement (test.jsonl)")
     eval_share: float = Field(0.1, ge=0, lt=1, description="share of inputs for eval loss during training")
@@ -84,6 +87,13 @@ class DistillConfig(_Strict):
             raise ConfigError("--teacher-url needs --teacher-model NAME", "name the model the endpoint should run")
         if self.teacher is not None and self.temperature > 0:
             raise ConfigError(f"temperature={self.temperature}: a local teacher decodes greedily", "drop --temperature")
+        if self.answer_pattern is not None:
+            try:
+                re.compile(self.answer_pattern)
+            except re.error as e:
+                raise ConfigError(
+                    f"answer_pattern {self.answer_pattern!r}: {e}", "fix the regular expression"
+                ) from None
         if self.test_share + self.eval_share >= 0.9:
             raise ConfigError("test_share + eval_share leave under 10% of inputs for training", "lower them")
 
@@ -301,14 +311,19 @@ class LocalTeacher:
 _FENCE = re.compile(r"\A```(?:json)?\s*(.*?)\s*```\Z", re.S)
 
 
-def validate(answer: Answer, kind: str, schema: dict | None, max_tokens: int) -> tuple[object, str | None]:
-    """(the label, None), or (None, why it is dropped). A JSON label is the parsed value (written as compact JSON)."""
+def validate(answer: Answer, kind: str, schema: dict | None, max_tokens: int,
+             pattern: str | None = None) -> tuple[object, str | None]:  # fmt: skip
+    """(the label, None), or (None, why it is dropped). A JSON label is the parsed value (written as compact JSON).
+
+    An answer cut off at max_tokens is dropped, never kept: the student would learn to stop mid-answer."""
     if answer.finish_reason == "length":
         return None, f"cut off at max_tokens={max_tokens}: raise --max-tokens"
     text = answer.text.strip()
     if not text:
         return None, "empty answer"
     if kind != "json":
+        if pattern is not None and re.search(pattern, text) is None:
+            return None, f"does not match --answer-pattern {pattern!r}"
         return text, None
     fenced = _FENCE.match(text)  # a whole answer in one code fence is still one JSON value; prose around it is not
     try:
@@ -385,6 +400,9 @@ def distill(task_file: str | Path, inputs: str | Path, out: str | Path, cfg: Dis
     task = load_task(task_file)
     if not task.instruction.strip():
         raise ConfigError(f"{task_file}: the task has no instruction to distil", "add `instruction:` to the task file")
+    if cfg.answer_pattern is not None and task.output.kind == "json":
+        raise ConfigError("--answer-pattern checks text answers; this task's answers are JSON",
+                          "drop --answer-pattern: JSON answers are checked against output.schema")  # fmt: skip
     examples = read_examples(inputs, require_answer=False)[: cfg.limit]
     out = _prepare_out(Path(out))
     schema = task.json_schema()
@@ -436,7 +454,7 @@ def distill(task_file: str | Path, inputs: str | Path, out: str | Path, cfg: Dis
         answer = Answer(rec["text"], rec["finish_reason"], rec["prompt_tokens"], rec["completion_tokens"])
         tokens[0] += answer.prompt_tokens
         tokens[1] += answer.completion_tokens
-        label, reason = validate(answer, task.output.kind, schema, cfg.max_tokens)
+        label, reason = validate(answer, task.output.kind, schema, cfg.max_tokens, cfg.answer_pattern)
         if reason is not None:
             dropped.append(where | {"reason": reason, "answer": answer.text})
             continue
