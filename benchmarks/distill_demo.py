@@ -9,6 +9,8 @@
 4. on the held-out messages, compares the base model without the instruction, the base model with it (the teacher)
    and the student without it: rule compliance, agreement with the teacher (exact, ROUGE-L), answers that stop,
    prompt tokens; plus `tasktune eval RUN --agreement-with DATA` on the distilled test split.
+
+Rerunning the same command resumes: the teacher's answers come from DATA's cache and a finished run is reused.
 """
 
 from __future__ import annotations
@@ -71,7 +73,12 @@ def main() -> None:
 
     task = load_task(out / "data" / "task.yaml")
     tcfg = merge_overrides(task.train, {"model": args.model} | json.loads(args.train))
-    tr = train(task, tcfg, out / "run")
+    if (out / "run" / "run.json").is_file():  # a rerun after a failure later on: the cache and the run are reused
+        from tasktune.rundir import read_metrics
+
+        tr = {"reused_run": True, "last_metrics": read_metrics(out / "run")[-1:]}
+    else:
+        tr = train(task, tcfg, out / "run").to_dict()
 
     held = read_examples(example / "held_out.jsonl", require_answer=False)
     base = Predictor.from_base(args.model, instruction=None, output_kind="text", max_new_tokens=args.max_tokens)
@@ -89,7 +96,7 @@ def main() -> None:
         "rule": RULE,
         "distill": result.to_dict() | {"seconds_labelling": label_s},
         "teacher_all_raw_answers": teacher_raw,
-        "train": tr.to_dict(),
+        "train": tr,
         "held_out": {
             "base_bare": side(bare, told),
             "base_with_instruction": side(told),

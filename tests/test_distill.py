@@ -34,7 +34,7 @@ from tasktune.distill import (
     distill,
     teacher_messages,
 )
-from tasktune.errors import ConfigError
+from tasktune.errors import ConfigError, TaskTuneError
 from tasktune.train import train
 from tests.tiny import make_rows, write_jsonl
 
@@ -455,3 +455,15 @@ def test_pirate_support_example_is_deterministic_and_its_rule_tells_a_pirate_fro
     assert follows_rule("Ahoy, matey! Ye can find the export in the menu.")
     assert follows_rule("Arrgh, that be a fine question.")
     assert not follows_rule("To export your notes, open the menu and choose PDF. Shipping is free.")
+
+
+def test_a_refused_key_or_an_unreachable_endpoint_stops_the_run_with_the_fix(endpoint, tiny_model, tmp_path):
+    fake = endpoint(plan={"w0 msg": [(401, {})]})
+    task, raw = _task(tmp_path, tiny_model), _inputs(tmp_path, ["w0 msg", "w1 msg"])
+    with pytest.raises(TaskTuneError, match="refused the API key") as e:
+        distill(task, raw, tmp_path / "d", _cfg(fake.url, concurrency=1))
+    assert "$TASKTUNE_TEST_KEY" in e.value.hint
+    fake.close()
+    with pytest.raises(TaskTuneError, match="cannot reach the teacher") as e:
+        distill(task, raw, tmp_path / "d", _cfg(fake.url, max_retries=0))
+    assert "resumes" in e.value.hint

@@ -276,24 +276,31 @@ class LocalTeacher:
 
     def __init__(self, cfg: DistillConfig, task: TaskConfig, shots: list[Example]):
         from tasktune.models import resolve_model
-        from tasktune.predict import Predictor
         from tasktune.rundir import RunInfo
 
-        spec = cfg.teacher
-        run = Path(spec)
-        if (run / "run.json").is_file():
-            info = RunInfo.load(run)
-            self.predictor = Predictor.from_run(run, precision=cfg.precision)
-            self.id = f"run:{run.resolve()}:{info.created}"
+        self.run = Path(cfg.teacher)
+        if (self.run / "run.json").is_file():
+            self.id = f"run:{self.run.resolve()}:{RunInfo.load(self.run).created}"
+            self.path = None
         else:
-            path = resolve_model(spec).path
-            self.predictor = Predictor.from_base(str(path), instruction=None, output_kind=task.output.kind,
-                                                 precision=cfg.precision)  # fmt: skip
-            self.id = f"model:{path}"
-        self.predictor.instruction = task.instruction or None  # the teacher always gets the task's instruction
-        self.predictor.max_new_tokens = cfg.max_tokens
-        self.shots = shots
-        self.cfg = cfg
+            self.path = resolve_model(cfg.teacher).path
+            self.id = f"model:{self.path}"
+        self.task, self.shots, self.cfg = task, shots, cfg
+        self._predictor = None  # loaded on first use: a resumed run with every answer cached loads no model
+
+    def predictor(self):
+        from tasktune.predict import Predictor
+
+        if self._predictor is None:
+            if self.path is None:
+                p = Predictor.from_run(self.run, precision=self.cfg.precision)
+            else:
+                p = Predictor.from_base(str(self.path), instruction=None, output_kind=self.task.output.kind,
+                                        precision=self.cfg.precision)  # fmt: skip
+            p.instruction = self.task.instruction or None  # the teacher always gets the task's instruction
+            p.max_new_tokens = self.cfg.max_tokens
+            self._predictor = p
+        return self._predictor
 
     def settings(self) -> dict:
         return {"max_tokens": self.cfg.max_tokens, "temperature": 0.0, "precision": self.cfg.precision}
@@ -302,7 +309,7 @@ class LocalTeacher:
         size = self.cfg.concurrency
         for start in range(0, len(jobs), size):
             batch = jobs[start : start + size]
-            preds = self.predictor.predict([j.example for j in batch], batch_size=size, shots=self.shots)
+            preds = self.predictor().predict([j.example for j in batch], batch_size=size, shots=self.shots)
             for job, p in zip(batch, preds, strict=True):
                 yield job, Answer(p.output, "stop" if p.stopped else "length", p.prompt_tokens, p.generated_tokens)
 
@@ -520,7 +527,7 @@ def format_summary(r: DistillResult) -> str:
         f"tasktune: distill: {r.labelled} of {r.inputs} inputs labelled by {r.teacher}"
         f" (train {r.splits['train']}, eval {r.splits['eval']}, test {r.splits['test']}); {r.dropped} invalid"
         f" answer(s) and {r.failed} failed request(s) listed in {Path(r.out) / 'dropped.jsonl'}",
-        f"tasktune: {r.asked} request(s) this run, {r.reused} answer(s) from the cache, {r.retries} retr(y/ies);"
+        f"tasktune: {r.asked} request(s) this run, {r.reused} answer(s) from the cache, {r.retries} retries;"
         f" teacher tokens {r.prompt_tokens:,} prompt + {r.completion_tokens:,} completion, cost ${r.cost_usd:.4f}"
         f" (this run ${r.cost_usd_this_run:.4f}); {r.seconds:.0f}s",
     ]
