@@ -1,14 +1,16 @@
 """Distilling an instruction, measured: the pirate persona of `tasktune example pirate-support` on the default model.
 
-    python benchmarks/distill_demo.py --out /tmp/distill-demo [--n 300] [--max-tokens 64] [--json FILE]
+    python benchmarks/distill_demo.py --out /tmp/distill-demo [--n 64] [--test-share 0.25] [--max-tokens 64]
+                                      [--train '{"epochs": 3}'] [--json FILE]
 
-1. writes the example (raw customer messages, messages held out from everything, the task with the instruction);
-2. `tasktune distill` labels the raw messages with the base model *given* the instruction (the teacher), keeping
-   answers that end before --max-tokens and speak like a pirate (`--answer-pattern`, the example's RULE);
-3. trains LoRA on the labelled rows, bare messages only (the task's `train:` settings);
-4. on the held-out messages, compares the base model without the instruction, the base model with it (the teacher)
-   and the student without it: rule compliance, agreement with the teacher (exact, ROUGE-L), answers that stop,
-   prompt tokens; plus `tasktune eval RUN --agreement-with DATA` on the distilled test split.
+1. writes the example's raw customer messages and its task (the instruction);
+2. `tasktune distill` labels them with the base model *given* the instruction (the teacher), keeping answers that
+   end before --max-tokens and speak like a pirate (`--answer-pattern`, the example's RULE); a quarter of the
+   messages (--test-share) is held out from training;
+3. trains LoRA on the kept training rows, bare messages only (the task's `train:` settings, plus --train);
+4. on every held-out message (kept or dropped: the teacher's answer to each is in the cache), compares the base model
+   without the instruction, the teacher, and the student without the instruction: rule compliance, agreement with
+   the teacher (exact, ROUGE-L), answers that stop, prompt tokens.
 
 Rerunning the same command resumes: the teacher's answers come from DATA's cache and a finished run is reused.
 """
@@ -19,6 +21,14 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+
+class _Cached:
+    """A teacher answer from the distill cache, shaped like a Prediction for `side`."""
+
+    def __init__(self, rec: dict):
+        self.output, self.stopped = rec["text"].strip(), rec["finish_reason"] == "stop"
+        self.prompt_tokens, self.generated_tokens = rec["prompt_tokens"], rec["completion_tokens"]
 
 
 def side(preds, teacher=None) -> dict:
@@ -45,7 +55,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="new folder for the example, labelled data, run and figures")
     ap.add_argument("--model", default="smollm2-135m-instruct", help="teacher and student base model")
     ap.add_argument("--n", type=int, default=300, help="raw messages to distil")
-    ap.add_argument("--held-out", type=int, default=48, help="messages no step sees, for the three-way comparison")
+    ap.add_argument("--test-share", type=float, default=0.25, help="share of the messages held out from training")
     ap.add_argument("--max-tokens", type=int, default=64, help="answer cap for the teacher and every side")
     ap.add_argument("--json", help="write the figures here (default: OUT/distill-demo.json)")
     ap.add_argument("--train", default="{}", help="JSON of training overrides, e.g. '{\"max_steps\": 40}'")
@@ -53,23 +63,25 @@ def main() -> None:
 
     from tasktune.config import load_task, merge_overrides
     from tasktune.data import read_examples
-    from tasktune.distill import DistillConfig, agreement, distill, format_agreement, format_summary
+    from tasktune.distill import DistillConfig, _split, agreement_scores, distill, format_summary
     from tasktune.examples.pirate_support import INSTRUCTION, RULE, follows_rule, write_pirate_support
     from tasktune.predict import Predictor
     from tasktune.train import train
 
     out = Path(args.out)
     t0 = time.perf_counter()
-    example = write_pirate_support(out / "example", n=args.n, n_held_out=args.held_out)
+    example = write_pirate_support(out / "example", n=args.n, n_held_out=0)
     cfg = DistillConfig(teacher=args.model, max_tokens=args.max_tokens, concurrency=16, answer_pattern=RULE,
-                        test_share=0.15, eval_share=0.05)  # fmt: skip
+                        test_share=args.test_share, eval_share=0.0)  # fmt: skip
     t = time.perf_counter()
     result = distill(example / "task.yaml", example / "raw.jsonl", out / "data", cfg)
     label_s = time.perf_counter() - t
     print(format_summary(result))
-    cache = [json.loads(line) for line in (out / "data" / "cache.jsonl").read_text().splitlines()]
+    by_line = {r["line"]: r for r in map(json.loads, (out / "data" / "cache.jsonl").read_text().splitlines())}
+    cache = list(by_line.values())
     teacher_raw = {"answers": len(cache), "rule_compliance": sum(follows_rule(r["text"]) for r in cache) / len(cache),
-                   "stopped_rate": sum(r["finish_reason"] == "stop" for r in cache) / len(cache)}  # fmt: skip
+                   "stopped_rate": sum(r["finish_reason"] == "stop" for r in cache) / len(cache),
+                   "kept_rate": result.labelled / result.inputs}  # fmt: skip
 
     task = load_task(out / "data" / "task.yaml")
     tcfg = merge_overrides(task.train, {"model": args.model} | json.loads(args.train))
@@ -80,32 +92,40 @@ def main() -> None:
     else:
         tr = train(task, tcfg, out / "run").to_dict()
 
-    held = read_examples(example / "held_out.jsonl", require_answer=False)
+    # The held-out inputs: every input of the distilled test split, kept or dropped (the teacher's answer to each is
+    # in the cache), so compliance is measured on all of them, not only on the answers the filter let through.
+    raw = read_examples(example / "raw.jsonl", require_answer=False)
+    held = [ex for ex, split in zip(raw, _split(len(raw), cfg), strict=True) if split == "test"]
+    teacher = [_Cached(by_line[ex.line]) for ex in held]
     base = Predictor.from_base(args.model, instruction=None, output_kind="text", max_new_tokens=args.max_tokens)
     bare = base.predict(held)
     base.instruction = INSTRUCTION
-    told = base.predict(held)
+    told_tokens = [len(base.prompt_ids(ex)) for ex in held]
+    del base
     student = Predictor.from_run(out / "run")
     student.max_new_tokens = args.max_tokens
     tuned = student.predict(held)
-    report = agreement(out / "run", out / "data")
-    print(format_agreement(report))
+    kept = {
+        row["line"]: row["output"] for row in map(json.loads, (out / "data" / "test.jsonl").read_text().splitlines())
+    }
+    pairs = [(s.output, kept[ex.line]) for ex, s in zip(held, tuned, strict=True) if ex.line in kept]
+    on_kept = agreement_scores([p[0] for p in pairs], [p[1] for p in pairs], "text") if pairs else None
 
     figures = {
         "instruction": INSTRUCTION,
         "rule": RULE,
         "distill": result.to_dict() | {"seconds_labelling": label_s},
-        "teacher_all_raw_answers": teacher_raw,
+        "teacher_all_answers": teacher_raw,
         "train": tr,
         "held_out": {
-            "base_bare": side(bare, told),
-            "base_with_instruction": side(told),
-            "student_bare": side(tuned, told),
+            "base_bare": side(bare, teacher),
+            "base_with_instruction": side(teacher) | {"prompt_tokens_mean": sum(told_tokens) / len(told_tokens)},
+            "student_bare": side(tuned, teacher),
         },
-        "agreement_on_distilled_test": {k: v for k, v in report.to_dict().items() if k != "examples"},
+        "agreement_on_kept_test_answers": {"n": len(pairs)} | (on_kept or {}),
         "examples": [
             {"input": h.input_text, "base_bare": b.output, "teacher": t.output, "student": s.output}
-            for h, b, t, s in list(zip(held, bare, told, tuned, strict=True))[:8]
+            for h, b, t, s in list(zip(held, bare, teacher, tuned, strict=True))[:8]
         ],
         "seconds": time.perf_counter() - t0,
     }

@@ -207,11 +207,11 @@ def test_cache_key_follows_teacher_prompt_and_settings_and_a_changed_instruction
 
     fake = endpoint()
     texts = [f"w{i} msg" for i in range(5)]
-    raw, out = _inputs(tmp_path, texts), tmp_path / "data"
-    distill(_task(tmp_path, tiny_model), raw, out, _cfg(fake.url))
-    assert len(fake.log) == 5
+    raw, out = _inputs(tmp_path, [*texts, texts[0]]), tmp_path / "data"  # the last line repeats the first
+    first = distill(_task(tmp_path, tiny_model), raw, out, _cfg(fake.url))
+    assert len(fake.log) == 5 and first.labelled == 6  # a repeated input is asked once and labels both lines
     again = distill(_task(tmp_path, tiny_model), raw, out, _cfg(fake.url))
-    assert len(fake.log) == 5 and again.reused == 5  # same prompts: nothing asked
+    assert len(fake.log) == 5 and again.reused == 6  # same prompts: nothing asked
     changed = distill(_task(tmp_path, tiny_model, instruction="Another rule."), raw, out, _cfg(fake.url))
     assert len(fake.log) == 10 and changed.reused == 0  # another instruction: every input asked again
     assert sorted(e[0] for e in fake.log[5:]) == texts

@@ -423,10 +423,14 @@ def distill(task_file: str | Path, inputs: str | Path, out: str | Path, cfg: Dis
         jobs.append(Job(i, ex.line, ex, messages, cache_key(teacher.id, messages, settings)))
 
     cache = AnswerCache(out / CACHE)
-    pending = [j for j in jobs if cache.get(j.key) is None]
-    reused = len(jobs) - len(pending)
+    pending, seen = [], set()
+    for j in jobs:  # a repeated input is asked once; its answer labels every copy
+        if cache.get(j.key) is None and j.key not in seen:
+            seen.add(j.key)
+            pending.append(j)
+    reused = sum(cache.get(j.key) is not None for j in jobs)
     price = (cfg.price_per_1k_prompt_tokens / 1000, cfg.price_per_1k_completion_tokens / 1000)
-    failures: dict[int, str] = {}
+    failures: dict[str, str] = {}  # cache key -> why the request failed
     asked = retries = 0
     run_cost = 0.0
     print(f"tasktune: distill: {len(jobs)} inputs, {reused} answered before (cache), {len(pending)} to ask"
@@ -436,7 +440,7 @@ def distill(task_file: str | Path, inputs: str | Path, out: str | Path, cfg: Dis
         for job, answer in teacher.label(pending):
             asked += 1
             if isinstance(answer, Exception):
-                failures[job.index] = f"teacher request failed: {type(answer).__name__}: {_api_message(answer)}"
+                failures[job.key] = f"teacher request failed: {type(answer).__name__}: {_api_message(answer)}"
             else:
                 retries += answer.retries
                 record = {"key": job.key, "line": job.line, "teacher": teacher.id} | asdict(answer)
@@ -454,8 +458,8 @@ def distill(task_file: str | Path, inputs: str | Path, out: str | Path, cfg: Dis
     tokens = [0, 0]
     for job in jobs:
         where = {"file": str(inputs), "line": job.line, "input": job.example.input_text}
-        if job.index in failures:
-            dropped.append(where | {"reason": failures[job.index]})
+        if job.key in failures:
+            dropped.append(where | {"reason": failures[job.key]})
             continue
         rec = cache.get(job.key)
         answer = Answer(rec["text"], rec["finish_reason"], rec["prompt_tokens"], rec["completion_tokens"])
@@ -466,6 +470,7 @@ def distill(task_file: str | Path, inputs: str | Path, out: str | Path, cfg: Dis
             dropped.append(where | {"reason": reason, "answer": answer.text})
             continue
         rows[split_of[job.index]].append(_row(job.example, label, job.line))
+    failed = sum(job.key in failures for job in jobs)
     if not rows["train"]:
         write_jsonl(out / "dropped.jsonl", dropped)
         raise DataError(
@@ -476,7 +481,7 @@ def distill(task_file: str | Path, inputs: str | Path, out: str | Path, cfg: Dis
     report = _check(out, task)
     result = DistillResult(
         out=str(out), teacher=teacher.id, inputs=len(jobs), labelled=sum(map(len, rows.values())),
-        dropped=len(dropped) - len(failures), failed=len(failures), splits={k: len(v) for k, v in rows.items()},
+        dropped=len(dropped) - failed, failed=failed, splits={k: len(v) for k, v in rows.items()},
         asked=asked, reused=reused, retries=retries, prompt_tokens=tokens[0], completion_tokens=tokens[1],
         cost_usd=tokens[0] * price[0] + tokens[1] * price[1], cost_usd_this_run=run_cost,
         seconds=time.perf_counter() - t0, check_errors=len(report.errors), check_warnings=len(report.warnings),
