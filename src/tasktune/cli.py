@@ -7,6 +7,7 @@ tasktune compare TASK.yaml --out DIR               instruction, few-shot, prompt
 tasktune serve   RUN [RUN ...] [--port 8000]       OpenAI-compatible API; LoRA runs share one base model
 tasktune export  RUN --out DIR [--merge]           standalone Hugging Face model folder, checked for parity
 tasktune diagnose RUN                              what went wrong in a run (also runs at the end of train)
+tasktune distill --task T --inputs raw.jsonl --teacher M --out DATA   label inputs with an instructed teacher
 """
 
 from __future__ import annotations
@@ -232,6 +233,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tasktune.predict import Predictor
     from tasktune.rundir import load_run_task
 
+    if args.agreement_with:
+        return _eval_agreement(args)
     if args.run:
         task = load_run_task(Path(args.run))
     elif args.task and args.model:
@@ -272,6 +275,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, report.to_dict(with_predictions=True))
         print(f"tasktune: report written to {args.json}")
+    return 0
+
+
+def _eval_agreement(args: argparse.Namespace) -> int:
+    from tasktune.distill import agreement, format_agreement
+    from tasktune.fsio import atomic_write_json
+
+    if not args.run:
+        raise TaskTuneError("--agreement-with compares a student RUN with its teacher", "pass the RUN folder too")
+    report = agreement(args.run, args.agreement_with, limit=args.limit, batch_size=args.batch_size,
+                       precision=args.precision)  # fmt: skip
+    print(format_agreement(report))
+    if args.json:
+        atomic_write_json(args.json, report.to_dict())
+        print(f"tasktune: report written to {args.json}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from tasktune.config import build
+    from tasktune.distill import DistillConfig, distill, format_summary
+
+    keys = [k for k in DistillConfig.model_fields if getattr(args, k, None) is not None]
+    cfg = build(DistillConfig, {k: getattr(args, k) for k in keys}, "command line")
+    print(format_summary(distill(args.task, args.inputs, args.out, cfg)))
     return 0
 
 
@@ -377,6 +405,15 @@ def _add_trust_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_distill_flags(p: argparse.ArgumentParser) -> None:
+    from tasktune.distill import DistillConfig
+
+    for name, f in DistillConfig.model_fields.items():
+        typ, choices = _flag_type(f.annotation)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, choices=choices, default=None,
+                       metavar=name.upper(), help=f"{f.description} (default: {f.default})")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tasktune", description="Embed a task into a language model's weights.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -442,8 +479,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="requests per generation batch")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="inference precision")
+    p.add_argument("--agreement-with", metavar="DATA", help="distill output folder: agreement of RUN (bare input) with"
+                   " its instructed teacher on DATA/test.jsonl")  # fmt: skip
     _add_trust_flags(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("distill", help="label raw inputs with an instructed teacher: training data for the bare input")
+    p.add_argument("--task", required=True, help="task file whose instruction the teacher gets")
+    p.add_argument("--inputs", required=True, help='JSONL/CSV of raw inputs ({"input": ...}; an "output" is kept as'
+                   " the reference)")  # fmt: skip
+    p.add_argument("--out", required=True, help="folder for the labelled task; the same folder again resumes")
+    _add_distill_flags(p)
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("example", help="write an example task (data, schema, task.yaml)")
     p.add_argument("name", help="example name, e.g. bug-reports")

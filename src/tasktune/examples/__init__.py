@@ -17,7 +17,7 @@ def register(name: str):
 
 def get_example(name: str) -> Callable:
     from tasktune.errors import TaskTuneError
-    from tasktune.examples import bug_reports  # noqa: F401  (registers itself)
+    from tasktune.examples import bug_reports, pirate_support  # noqa: F401  (they register themselves)
 
     if name not in EXAMPLES:
         raise TaskTuneError(f"unknown example {name!r}", f"choose one of: {', '.join(sorted(EXAMPLES))}")
