@@ -459,8 +459,13 @@ def _human_bytes(n: float) -> str:
 
 
 def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
-    header = ["method", *(h for h, _, _ in COLUMNS)]
-    body = [[r["name"], *(_cell(r, k, f) for _, k, f in COLUMNS)] for r in result.methods]
+    from tasktune.task_metrics import METRICS
+
+    # the task's own metrics (task.yaml `metrics`) come right after quality
+    extra = [k for k in result.methods[0]["spec"]["task"].get("metrics", []) if k in METRICS]
+    header = ["method", COLUMNS[0][0], *extra, *(h for h, _, _ in COLUMNS[1:])]
+    body = [[r["name"], _cell(r, *COLUMNS[0][1:]), *(METRICS[k].format(r["metrics"].get(k)) for k in extra),
+             *(_cell(r, k, f) for _, k, f in COLUMNS[1:])] for r in result.methods]  # fmt: skip
     return header, body
 
 

@@ -17,7 +17,7 @@ def register(name: str):
 
 def get_example(name: str) -> Callable:
     from tasktune.errors import TaskTuneError
-    from tasktune.examples import bug_reports  # noqa: F401  (registers itself)
+    from tasktune.examples import bug_reports, house_policy, product_support, ticket_summaries  # noqa: F401  (register)
 
     if name not in EXAMPLES:
         raise TaskTuneError(f"unknown example {name!r}", f"choose one of: {', '.join(sorted(EXAMPLES))}")
