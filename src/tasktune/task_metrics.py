@@ -64,7 +64,7 @@ def compute(names: list[str], preds: list[str], refs: list[str], metas: list[dic
     return out
 
 
-# --- matching facts ----------------------------------------------------------------------------------------------------
+# --- matching facts ---------------------------------------------------------------------------------------------
 def matches(pattern_group: list[str] | str, text: str) -> bool:
     """Whether any alternative (a regular expression, case-insensitive) occurs in the text."""
     alternatives = [pattern_group] if isinstance(pattern_group, str) else pattern_group
@@ -87,7 +87,7 @@ def abstains(text: str) -> bool:
     return matches(ABSTAIN, text)
 
 
-# --- the metrics --------------------------------------------------------------------------------------------------------
+# --- the metrics ------------------------------------------------------------------------------------------------
 @metric("key_fact_recall")
 def key_fact_recall(prediction: str, reference: str, meta: dict) -> float | None:
     """Share of the row's key facts (meta.facts) that the answer states."""

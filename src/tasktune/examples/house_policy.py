@@ -41,9 +41,27 @@ class Category:
     must_not: dict[str, str]  # rule name -> pattern that must not occur
 
 
-NAMES = ("Maria Lopez", "Tom Becker", "Priya Raman", "Lukas Brandt", "Chen Wei", "Ana Souza", "Dave Miller", "Sofia Rossi", "Omar Haddad", "Julia Nowak")
+NAMES = (
+    "Maria Lopez",
+    "Tom Becker",
+    "Priya Raman",
+    "Lukas Brandt",
+    "Chen Wei",
+    "Ana Souza",
+    "Dave Miller",
+    "Sofia Rossi",
+    "Omar Haddad",
+    "Julia Nowak",
+)
 TEST_NAMES = ("Henrik Dahl", "Grace Okafor", "Yuki Tanaka", "Pedro Alves")
-FEATURES = ("a calendar view", "handwriting support", "a Linux tablet app", "shared templates", "offline search", "a Kanban board")
+FEATURES = (
+    "a calendar view",
+    "handwriting support",
+    "a Linux tablet app",
+    "shared templates",
+    "offline search",
+    "a Kanban board",
+)
 HOWTO = (  # (question, answer, pattern the answer must contain)
     ("How do I turn on dark mode?", "Go to Settings > Appearance > Theme and choose Dark.", r"appearance"),
     ("How do I export a note as PDF?", "Open the note, choose File > Export and pick PDF.", r"export"),

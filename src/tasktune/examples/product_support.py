@@ -346,7 +346,7 @@ REWRITES = (
 )  # fmt: skip
 # Numbers with their unit (or a year/percentage): the checkable facts of an FAQ answer.
 _NUMBER_FACT = re.compile(
-    r"\b\d[\d,. ]*\d?\s*(?:%|percent|SEK|kronor|kr\b|weeks?|years?|months?|days?|hours?|m²|square metres|sqm|metres?|m\b|mm\b|cm\b)",
+    r"\b\d[\d,. ]*(?:\s*[-–]\s*\d[\d,. ]*)?\s*(?:%|percent|SEK|kronor|kr\b|weeks?|years?|months?|days?|hours?|m²|square metres|sqm|metres?|m\b|mm\b|cm\b)",
     re.IGNORECASE,
 )
 
@@ -364,10 +364,12 @@ def number_facts(answer: str, k: int = 3) -> list[list[str]]:
     """Up to k number-with-unit facts of an answer, each a pattern tolerant of spacing and thousands separators."""
     facts = []
     for m in _NUMBER_FACT.finditer(answer):
-        digits = re.findall(r"\d+", m.group(0))
-        pattern = r"(?<![\d,.])" + r"[\s,.]?".join(digits) + r"(?![\d])"  # "25,000" = "25 000" = "25000"; 50 is not 150
-        if [pattern] not in facts:
-            facts.append([pattern])
+        for side in re.split(r"[-–]", m.group(0)):  # each end of a range "25,000-50,000 SEK" is a fact
+            digits = re.findall(r"\d+", side)
+            # "25,000" = "25 000" = "25000"; and 50 is not 150 or 50.5
+            pattern = r"(?<![\d,.])" + r"[\s,.]?".join(digits) + r"(?![\d])"
+            if digits and [pattern] not in facts:
+                facts.append([pattern])
     return facts[:k]
 
 
@@ -413,6 +415,7 @@ def faq_rows(known: list[dict], unknown: list[dict], n: int, seed: int, split: s
                  for q in unknown]  # fmt: skip
         rng.shuffle(rows)
         return rows
+
     # Training teaches abstention on questions from outside the FAQ's domain, never on the held-out FAQ questions.
     def make(i: int) -> dict:
         if rng.random() < 0.15:
@@ -477,7 +480,9 @@ def write_product_support_faq(out: str | Path, n: int = 400, seed: int = 0, n_ev
     write_jsonl(out / "test.jsonl", faq_rows(known, unknown, 0, seed * 1000 + 3, "test"))
     sheet = "\n".join(f"Q: {q['q']}\nA: {q['a']}" for q in known)
     atomic_write_text(out / "faq.md", f"# FAQ used for training\n\n{sheet}\n")
-    atomic_write_text(out / "LICENSE-DATA.txt", FAQ_CREDIT + "\nLicense: https://creativecommons.org/licenses/by/4.0/\n")
+    atomic_write_text(
+        out / "LICENSE-DATA.txt", FAQ_CREDIT + "\nLicense: https://creativecommons.org/licenses/by/4.0/\n"
+    )
     text = FAQ_TASK_YAML.format(credit=FAQ_CREDIT, instruction=json.dumps(FAQ_INSTRUCTION + sheet))
     atomic_write_text(out / "task.yaml", text)
     return out

@@ -78,8 +78,14 @@ REQUESTS = [
     Fact("an explanation of the cause", (r"explain|explanation|cause|why",), ("I want to know why this happens", "please explain what went wrong"), ("I'd like to understand what's behind this",)),
 ]  # fmt: skip
 URGENCY = {  # level -> (reasons said in training, held-out reasons); the summary names level and reason
-    "urgent": (("I have a client presentation in two hours", "our board meeting starts at noon today"), ("the auditor arrives in an hour",)),
-    "high": (("I need it for a deadline tomorrow", "my whole team is blocked"), ("the project hand-off is tomorrow morning",)),
+    "urgent": (
+        ("I have a client presentation in two hours", "our board meeting starts at noon today"),
+        ("the auditor arrives in an hour",),
+    ),
+    "high": (
+        ("I need it for a deadline tomorrow", "my whole team is blocked"),
+        ("the project hand-off is tomorrow morning",),
+    ),
     "normal": (("", ""), ("",)),
     "low": (("no rush, whenever you get a chance", "it's not urgent"), ("take your time with this one",)),
 }
@@ -94,7 +100,16 @@ URGENCY_REASON = {  # the summary's wording of each reason
     "it's not urgent": "not urgent",
     "take your time with this one": "no rush",
 }
-NAMES = ("Maria Lopez", "Tom Becker", "Priya Raman", "Lukas Brandt", "Chen Wei", "Ana Souza", "Dave Miller", "Sofia Rossi")
+NAMES = (
+    "Maria Lopez",
+    "Tom Becker",
+    "Priya Raman",
+    "Lukas Brandt",
+    "Chen Wei",
+    "Ana Souza",
+    "Dave Miller",
+    "Sofia Rossi",
+)
 COMPANIES = ("Acme GmbH", "Northwind Ltd", "Blue Harbor Studio", "Keller & Sons", "Orbit Analytics")
 CHATTER = ("hope you're well", "sorry for the long message", "love the app otherwise", "it's been a long week",
            "I've been a customer for years", "by the way the new icon looks great")  # fmt: skip
@@ -167,7 +182,9 @@ def _body(rng: random.Random, f: dict) -> list[str]:
     s = lambda t: t[0].upper() + t[1:] if t else t  # noqa: E731
     lines = [s(f["problem"]) + "."]
     if f["tried"]:
-        lines.append(s(" and ".join(f["tried"])) + rng.choice([", but nothing helped.", ", no luck.", ". Still the same."]))
+        lines.append(
+            s(" and ".join(f["tried"])) + rng.choice([", but nothing helped.", ", no luck.", ". Still the same."])
+        )
     lines.append(s(f["request"]) + ".")
     if f["reason"]:
         lines.insert(rng.randrange(len(lines) + 1), s(f["reason"]) + ".")
@@ -201,17 +218,22 @@ def render_ticket(rng: random.Random, style: str, f: dict) -> str:
         for i, b in enumerate(body):
             lines.append(f"[{t[0]:02d}:{t[1] + i + 1:02d}] {first}: {b.lower() if rng.random() < 0.5 else b}")
             if i == 0:
-                lines.append(f"[{t[0]:02d}:{t[1] + i + 1:02d}] Agent: I'm sorry to hear that. Anything else I should know?")
+                lines.append(
+                    f"[{t[0]:02d}:{t[1] + i + 1:02d}] Agent: I'm sorry to hear that. Anything else I should know?"
+                )
         return "\n".join(lines)
     if style == "webform":
         return (f"Name: {f['name']}\nEmail: {first.lower()}@{f['company'].split()[0].lower()}.com\nPlan: {rng.choice(['Free', 'Plus', 'Team'])}\n"
                 f"Submitted: {_stamp(rng)}\nMessage:\n{' '.join(body)}")  # fmt: skip
     if style == "mobile":
-        return " ".join(b.lower().rstrip(".") for b in body) + f"\n\nSent from my {rng.choice(['Android', 'iPhone', 'Galaxy'])}"
+        return (
+            " ".join(b.lower().rstrip(".") for b in body)
+            + f"\n\nSent from my {rng.choice(['Android', 'iPhone', 'Galaxy'])}"
+        )
     if style == "phone_notes":  # held out from training
         notes = [f"Call with {f['name']} ({f['company']}), {_stamp(rng)}, {rng.randint(4, 25)} min"]
         notes += [f"- cust says: {b[0].lower() + b[1:]}" for b in body]
-        return "\n".join(notes + ["- agent: told cust we'd follow up by email"])
+        return "\n".join([*notes, "- agent: told cust we'd follow up by email"])
     if style == "forwarded":  # held out from training
         colleague = rng.choice([n for n in NAMES if n != f["name"]])
         return (f"FYI, see below - can support take this one?\n{colleague.split()[0]}\n\n---------- Forwarded message ---------\n"
