@@ -23,7 +23,8 @@ def _score(name, prediction, meta, reference="ref"):
 
 
 def test_key_fact_recall_counts_the_facts_a_summary_states():
-    full = "Problem: notes do not sync. Tried: reinstalling the app, clearing the cache. Requested: a refund. Urgency: high."
+    full = ("Problem: notes do not sync. Tried: reinstalling the app, clearing the cache. Requested: a refund."
+            " Urgency: high.")  # fmt: skip
     assert _score("key_fact_recall", full, SUMMARY_META) == 1.0
     missing_cache = full.replace(", clearing the cache", "")
     assert _score("key_fact_recall", missing_cache, SUMMARY_META) == pytest.approx(0.8)
