@@ -127,3 +127,17 @@ def test_tiny_compare_and_eval_report_the_task_metrics(tiny_model, tmp_path, cap
     printed = capsys.readouterr().out
     assert code == 0 and "policy_compliance" in printed and "ROUGE-L" in printed
     assert 0 <= json.loads(report.read_text())["policy_compliance"] <= 1  # the run remembers its task's metrics
+
+
+def test_tasks_without_task_metrics_keep_their_compare_fingerprint(task_dir):
+    """Earlier compare folders stay resumable: a task that names no metrics plans exactly the spec it planned before."""
+    from tasktune.compare import plan_methods
+    from tasktune.config import TrainConfig
+
+    task = load_task(task_dir / "task.yaml")
+    specs, _ = plan_methods(task_dir / "task.yaml", task, CompareConfig(methods=["instruction"]), TrainConfig(), 16)
+    assert "metrics" not in specs["instruction"]["task"]
+    task.metrics = ["summary_words"]
+    specs2, _ = plan_methods(task_dir / "task.yaml", task, CompareConfig(methods=["instruction"]), TrainConfig(), 16)
+    assert specs2["instruction"]["task"]["metrics"] == ["summary_words"]
+    assert specs2["instruction"]["fingerprint"] != specs["instruction"]["fingerprint"]

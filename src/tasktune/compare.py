@@ -137,9 +137,12 @@ def _fingerprint(spec: dict) -> str:
 def plan_methods(task_file: Path, task: TaskConfig, ccfg: CompareConfig, base: TrainConfig, max_new_tokens: int):
     """One spec per method: all its process needs, and the fingerprint that decides whether a result is reused."""
     test_path = task.data_path("test")
+    # without task metrics, the spec (and so the fingerprint) is what it was before tasks could name them: earlier
+    # compare folders stay resumable
+    no_metrics = {"metrics"} if not task.metrics else set()
     common = {
         "task_file": str(task_file.resolve()),
-        "task": task.model_dump(mode="json", by_alias=True, exclude={"base_dir", "train"}),
+        "task": task.model_dump(mode="json", by_alias=True, exclude={"base_dir", "train", *no_metrics}),
         "data_sha256": {k: file_fingerprint(p) for k in ("train", "eval", "test") if (p := task.data_path(k))},
         "model": base.model,
         "test_rows": ccfg.test_rows,
