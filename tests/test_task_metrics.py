@@ -53,6 +53,12 @@ def test_invented_answer_versus_abstention():
     assert _score("fact_accuracy", "I don't know, $4 a year maybe", KNOWN) == 0.0  # hedging is not knowing
     assert _score("false_abstention_rate", abstain, KNOWN) == 1.0
     assert _score("fact_accuracy", right, UNKNOWN) is None
+    # how small models phrase "I don't know", and answers that only sound like it
+    for says_so in ("I don't have specific information about that.", "Sorry, I cannot provide details on that.",
+                    "I'm not aware of such an option."):  # fmt: skip
+        assert _score("invented_answer_rate", says_so, UNKNOWN) == 0.0, says_so
+    for invents in ("Please don't hesitate to contact support, it works on Team.", "Yes, see Settings > Sync."):
+        assert _score("invented_answer_rate", invents, UNKNOWN) == 1.0, invents
 
 
 POLICY_META = {

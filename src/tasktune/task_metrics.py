@@ -74,12 +74,13 @@ def matches(pattern_group: list[str] | str, text: str) -> bool:
 # What a "does not know" answer says. Deliberately narrow: pointing to support alone is not abstaining (a known
 # answer may also say "contact support"), saying it has no information about the question is.
 ABSTAIN = [
-    r"\b(?:i|we) (?:do not|don't|dont) (?:know|have (?:any |that |this )?(?:information|details|an answer))",
-    r"\bnot sure\b",
-    r"\b(?:i|we) (?:can ?not|can't|am unable to|are unable to) (?:find|answer|confirm)",
-    r"\bno information (?:about|on)\b",
+    r"\b(?:i|we) (?:do not|don't|dont) know\b",
+    r"\b(?:i|we) (?:do not|don't|dont) have (?:\w+ ){0,2}(?:information|details|data|knowledge|an answer|access)\b",
+    r"\bnot sure\b|\bnot aware of\b",
+    r"\b(?:i|we) (?:can ?not|can't|am unable to|are unable to) (?:find|answer|confirm|provide (?:\w+ )?(?:information|details|an answer))",
+    r"\bno (?:information|details|data) (?:about|on)\b",
     r"\b(?:i|we) have no (?:information|details|record)",
-    r"\bnot (?:in|part of) (?:my|the) (?:documentation|information|product sheet|faq)\b",
+    r"\bnot (?:in|part of|covered (?:in|by)) (?:my|the|our) (?:documentation|information|product sheet|faq)\b",
 ]
 
 
