@@ -77,7 +77,8 @@ ABSTAIN = [
     r"\b(?:i|we) (?:do not|don't|dont) know\b",
     r"\b(?:i|we) (?:do not|don't|dont) have (?:\w+ ){0,2}(?:information|details|data|knowledge|an answer|access)\b",
     r"\bnot sure\b|\bnot aware of\b",
-    r"\b(?:i|we) (?:can ?not|can't|am unable to|are unable to) (?:find|answer|confirm|provide (?:\w+ )?(?:information|details|an answer))",
+    r"\b(?:i|we) (?:can ?not|can't|am unable to|are unable to) "
+    r"(?:find|answer|confirm|provide (?:\w+ )?(?:information|details|an answer))",
     r"\bno (?:information|details|data) (?:about|on)\b",
     r"\b(?:i|we) have no (?:information|details|record)",
     r"\bnot (?:in|part of|covered (?:in|by)) (?:my|the|our) (?:documentation|information|product sheet|faq)\b",
