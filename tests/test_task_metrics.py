@@ -125,6 +125,8 @@ def test_tiny_compare_and_eval_report_the_task_metrics(tiny_model, tmp_path, cap
     html = (tmp_path / "cmp" / "report.html").read_text(encoding="utf-8")
     assert "<th>policy_compliance</th>" in html
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text(encoding="utf-8"))
+    answers = (tmp_path / "cmp" / "methods" / "lora" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(answers) == 6 and {"output", "reference"} <= set(json.loads(answers[0]))  # why it scored so
     assert "policy_compliance" in saved["methods"][1]["metrics"]
 
     run = tmp_path / "cmp" / "methods" / "lora" / "run"

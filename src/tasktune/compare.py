@@ -34,7 +34,7 @@ from tasktune.config import DEFAULT_LEARNING_RATES, TaskConfig, TrainConfig, _St
 from tasktune.data import read_examples
 from tasktune.errors import ConfigError, TaskTuneError
 from tasktune.evaluate import evaluate, pick_shots
-from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir, write_jsonl
 from tasktune.predict import Predictor
 from tasktune.rundir import file_fingerprint, read_metrics
 from tasktune.train import train
@@ -220,6 +220,8 @@ def run_method(spec: dict, method_dir: Path, isolated: bool = False) -> dict:
         result |= {"train": None, "trainable_params": 0, "artefact_bytes": 0, "virtual_tokens": 0, "loss_curve": []}
     predictor.max_new_tokens = spec["max_new_tokens"]  # the same answer cap for every method
     report = evaluate(predictor, test, task, name=method, mode=mode, shots=shots, batch_size=spec["eval_batch_size"])
+    # every answer with its reference, to read why a method scores what it scores (before result.json marks it done)
+    write_jsonl(method_dir / "predictions.jsonl", report.predictions)
     metric, quality = report.main_metric
     m = report.metrics
     result |= {
