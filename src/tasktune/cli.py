@@ -314,7 +314,8 @@ def max_new_tokens_for(task, model_spec: str) -> int:
 def cmd_example(args: argparse.Namespace) -> int:
     from tasktune.examples import get_example
 
-    out = get_example(args.name)(args.out, n=args.n, seed=args.seed)
+    sized = {"n": args.n} if args.n is not None else {}  # each example has its own default size
+    out = get_example(args.name)(args.out, seed=args.seed, **sized)
     print(f"tasktune: wrote the {args.name} example to {out} (task file: {out / 'task.yaml'})")
     return 0
 
@@ -495,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("example", help="write an example task (data, schema, task.yaml)")
     p.add_argument("name", help="example name, e.g. bug-reports")
     p.add_argument("--out", required=True, help="folder to write into")
-    p.add_argument("--n", type=int, default=10000, help="training rows")
+    p.add_argument("--n", type=int, default=None, help="training rows (default: the example's own)")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
     p.set_defaults(func=cmd_example)
 

@@ -34,7 +34,7 @@ from tasktune.config import DEFAULT_LEARNING_RATES, TaskConfig, TrainConfig, _St
 from tasktune.data import read_examples
 from tasktune.errors import ConfigError, TaskTuneError
 from tasktune.evaluate import evaluate, pick_shots
-from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir, write_jsonl
 from tasktune.predict import Predictor
 from tasktune.rundir import file_fingerprint, read_metrics
 from tasktune.train import train
@@ -137,9 +137,12 @@ def _fingerprint(spec: dict) -> str:
 def plan_methods(task_file: Path, task: TaskConfig, ccfg: CompareConfig, base: TrainConfig, max_new_tokens: int):
     """One spec per method: all its process needs, and the fingerprint that decides whether a result is reused."""
     test_path = task.data_path("test")
+    # without task metrics, the spec (and so the fingerprint) is what it was before tasks could name them: earlier
+    # compare folders stay resumable
+    no_metrics = {"metrics"} if not task.metrics else set()
     common = {
         "task_file": str(task_file.resolve()),
-        "task": task.model_dump(mode="json", by_alias=True, exclude={"base_dir", "train"}),
+        "task": task.model_dump(mode="json", by_alias=True, exclude={"base_dir", "train", *no_metrics}),
         "data_sha256": {k: file_fingerprint(p) for k in ("train", "eval", "test") if (p := task.data_path(k))},
         "model": base.model,
         "test_rows": ccfg.test_rows,
@@ -217,6 +220,8 @@ def run_method(spec: dict, method_dir: Path, isolated: bool = False) -> dict:
         result |= {"train": None, "trainable_params": 0, "artefact_bytes": 0, "virtual_tokens": 0, "loss_curve": []}
     predictor.max_new_tokens = spec["max_new_tokens"]  # the same answer cap for every method
     report = evaluate(predictor, test, task, name=method, mode=mode, shots=shots, batch_size=spec["eval_batch_size"])
+    # every answer with its reference, to read why a method scores what it scores (before result.json marks it done)
+    write_jsonl(method_dir / "predictions.jsonl", report.predictions)
     metric, quality = report.main_metric
     m = report.metrics
     result |= {
@@ -459,8 +464,13 @@ def _human_bytes(n: float) -> str:
 
 
 def table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
-    header = ["method", *(h for h, _, _ in COLUMNS)]
-    body = [[r["name"], *(_cell(r, k, f) for _, k, f in COLUMNS)] for r in result.methods]
+    from tasktune.task_metrics import METRICS
+
+    # the task's own metrics (task.yaml `metrics`) come right after quality
+    extra = [k for k in result.methods[0]["spec"]["task"].get("metrics", []) if k in METRICS]
+    header = ["method", COLUMNS[0][0], *extra, *(h for h, _, _ in COLUMNS[1:])]
+    body = [[r["name"], _cell(r, *COLUMNS[0][1:]), *(METRICS[k].format(r["metrics"].get(k)) for k in extra),
+             *(_cell(r, k, f) for _, k, f in COLUMNS[1:])] for r in result.methods]  # fmt: skip
     return header, body
 
 

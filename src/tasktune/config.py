@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasktune.errors import ConfigError
 
@@ -117,12 +117,27 @@ class TaskConfig(_Strict):
     instruction: str = Field("", description="the long instruction people sent with every request before tuning")
     output: OutputSpec = Field(default_factory=OutputSpec)
     metric: str | None = Field(None, description="main metric (default: field_accuracy for json, rouge_l for text)")
+    metrics: list[str] = Field(
+        default_factory=list,
+        description="extra metrics by name (tasktune.task_metrics), computed per row from the answer, the reference"
+        " and the row's optional `meta` object, reported next to the built-in ones",
+    )
     data: DataFiles = Field(default_factory=DataFiles)
     train_with_instruction: bool = Field(False, description="render the instruction in training rows too")
     train: TrainConfig = Field(default_factory=TrainConfig, description="training settings (CLI flags override)")
 
     # Where the task file lives; relative paths in it resolve against this folder.
     base_dir: Path = Field(Path("."), exclude=True)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str]) -> list[str]:
+        from tasktune.task_metrics import METRICS, unknown_metrics
+
+        unknown = unknown_metrics(names)
+        if unknown:
+            raise ValueError(f"unknown metric(s) {', '.join(map(repr, unknown))}; choose among: {', '.join(METRICS)}")
+        return names
 
     def data_path(self, split: str) -> Path | None:
         value = getattr(self.data, split)
@@ -159,7 +174,8 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{source}: key '{key}': {e['msg']}{got_s}")
+            msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
+            lines.append(f"{source}: key '{key}': {msg}{got_s}")
     return "\n".join(lines)
 
 

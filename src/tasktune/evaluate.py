@@ -18,6 +18,7 @@ from tasktune.data import Example, read_examples
 from tasktune.errors import TaskTuneError
 from tasktune.metrics import diff, example_score, json_metrics, text_metrics
 from tasktune.predict import Prediction, Predictor
+from tasktune.task_metrics import METRICS, compute
 
 
 @dataclass
@@ -35,6 +36,7 @@ class EvalReport:
     seconds: float
     worst: list[dict] = field(default_factory=list)
     predictions: list[dict] = field(default_factory=list)
+    main: str | None = None  # the task's `metric`, when it names one of the metrics computed
 
     def to_dict(self, with_predictions: bool = False) -> dict:
         d = asdict(self)
@@ -45,7 +47,7 @@ class EvalReport:
 
     @property
     def main_metric(self) -> tuple[str, float]:
-        for key in ("field_accuracy", "rouge_l"):
+        for key in (self.main, "field_accuracy", "rouge_l"):
             if key in self.metrics:
                 return key, self.metrics[key]
         raise AssertionError("no main metric")
@@ -75,6 +77,7 @@ def evaluate(predictor: Predictor, examples: list[Example], task: TaskConfig, *,
     kind = task.output.kind
     free = set(task.output.free_text_fields)
     metrics = json_metrics(texts, refs, task.json_schema(), free) if kind == "json" else text_metrics(texts, refs)
+    metrics |= compute(task.metrics, texts, refs, [_meta(ex) for ex in examples])
     n = len(preds)
     scored = sorted(range(n), key=lambda i: example_score(texts[i], refs[i], kind, free))
     worst = [{"where": examples[i].where, "input": examples[i].input_text, "output": texts[i], "reference": refs[i],
@@ -93,7 +96,21 @@ def evaluate(predictor: Predictor, examples: list[Example], task: TaskConfig, *,
         seconds=seconds,
         worst=worst,
         predictions=[_pred_row(ex, p) for ex, p in zip(examples, preds, strict=True)],
+        main=_main_metric(task, metrics),
     )
+
+
+def _meta(ex: Example) -> dict:
+    meta = ex.extra.get("meta")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _main_metric(task: TaskConfig, metrics: dict) -> str | None:
+    """The task's `metric` when it is one that was computed and higher is better (compare ranks by it)."""
+    name = task.metric
+    if name is None or metrics.get(name) is None:
+        return None
+    return name if name not in METRICS or METRICS[name].higher_is_better else None
 
 
 def _pred_row(ex: Example, p: Prediction) -> dict:
@@ -111,6 +128,8 @@ def format_table(reports: list[EvalReport]) -> str:
             ("schema_valid_rate", "schema-valid", "{:.1%}"), ("exact_match", "exact match", "{:.1%}"),
             ("rouge_l", "ROUGE-L", "{:.3f}"), ("chrf", "chrF", "{:.3f}")]  # fmt: skip
     rows = [(label, [fmt.format(r.metrics[k]) for r in reports]) for k, label, fmt in keys if k in reports[0].metrics]
+    extra = [k for k in reports[0].metrics if k in METRICS]
+    rows += [(k, [METRICS[k].format(r.metrics.get(k)) for r in reports]) for k in extra]
     rows += [
         ("prompt tokens / request", [f"{r.prompt_tokens_mean:.0f}" for r in reports]),
         ("generated tokens / request", [f"{r.generated_tokens_mean:.0f}" for r in reports]),

@@ -17,7 +17,13 @@ def register(name: str):
 
 def get_example(name: str) -> Callable:
     from tasktune.errors import TaskTuneError
-    from tasktune.examples import bug_reports, pirate_support  # noqa: F401  (they register themselves)
+    from tasktune.examples import (  # noqa: F401  (they register themselves)
+        bug_reports,
+        house_policy,
+        pirate_support,
+        product_support,
+        ticket_summaries,
+    )
 
     if name not in EXAMPLES:
         raise TaskTuneError(f"unknown example {name!r}", f"choose one of: {', '.join(sorted(EXAMPLES))}")
