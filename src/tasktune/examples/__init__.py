@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from pathlib import Path
 
 EXAMPLES: dict[str, Callable] = {}
 
@@ -28,3 +30,27 @@ def get_example(name: str) -> Callable:
     if name not in EXAMPLES:
         raise TaskTuneError(f"unknown example {name!r}", f"choose one of: {', '.join(sorted(EXAMPLES))}")
     return EXAMPLES[name]
+
+
+def typos(rng: random.Random, text: str, rate: float) -> str:
+    """Swap two neighbouring letters in about `rate` of the longer words: the noise of real user text."""
+    words = text.split(" ")
+    for i, w in enumerate(words):
+        if len(w) > 3 and w.isalpha() and rng.random() < rate:
+            j = rng.randrange(len(w) - 1)
+            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
+    return " ".join(words)
+
+
+def write_splits(out: str | Path, rows: Callable[[str, int, int], list[dict]], sizes: dict[str, int], seed: int,
+                 files: dict[str, str] | None = None) -> Path:  # fmt: skip
+    """Write an example folder: `SPLIT.jsonl` for each split from `rows(split, n, split_seed)` (split seeds
+    seed*1000+1, +2, ... in the order of `sizes`), then the text files in `files` (name -> content), atomically."""
+    from tasktune.fsio import atomic_write_text, ensure_writable_dir, write_jsonl
+
+    out = ensure_writable_dir(out, what="example folder")
+    for i, (split, n) in enumerate(sizes.items(), 1):
+        write_jsonl(out / f"{split}.jsonl", rows(split, n, seed * 1000 + i))
+    for name, content in (files or {}).items():
+        atomic_write_text(out / name, content)
+    return out

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasktune.examples import register
+from tasktune.examples import register, typos, write_splits
 
 PRODUCT = "Driftwood"
 COMPONENTS = ["login", "sync", "editor", "export", "search", "notifications", "billing", "settings"]
@@ -325,15 +325,6 @@ def _pick(rng: random.Random, phrases: tuple[tuple[str, ...], tuple[str, ...]], 
     return rng.choice(test) if held_out and rng.random() < 0.5 else rng.choice(train)
 
 
-def _typos(rng: random.Random, text: str, rate: float) -> str:
-    words = text.split(" ")
-    for i, w in enumerate(words):
-        if len(w) > 3 and w.isalpha() and rng.random() < rate:
-            j = rng.randrange(len(w) - 1)
-            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
-    return " ".join(words)
-
-
 def make_record(rng: random.Random, held_out: bool) -> tuple[str, dict]:
     """One report and its label, both from the same sampled facts."""
     issue = rng.choice(ISSUES)
@@ -414,7 +405,7 @@ def _env_text(f: dict) -> str:
 
 
 def render_report(rng: random.Random, style: str, f: dict) -> str:
-    symptom = _typos(rng, f["symptom"], 0.06 if rng.random() < 0.4 else 0.0)
+    symptom = typos(rng, f["symptom"], 0.06 if rng.random() < 0.4 else 0.0)
     env = _env_text(f)
     details = [d for d in (f["repro"], f["regression"], f["workaround"]) if d]
     err, err_block = _error_block(rng, f) if f["error"] else (None, False)
@@ -515,12 +506,7 @@ train:                        # sized so that `tasktune demo` stays within 15 mi
 @register("bug-reports")
 def write_bug_reports(out: str | Path, n: int = 10000, seed: int = 0, n_eval: int = 300, n_test: int = 500) -> Path:
     """Write train/eval/test JSONL, schema.json and task.yaml for the bug-report task into `out`."""
-    from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir, write_jsonl
-
-    out = ensure_writable_dir(out, what="example folder")
-    write_jsonl(out / "train.jsonl", generate_rows(n, seed * 1000 + 1, held_out=False))
-    write_jsonl(out / "eval.jsonl", generate_rows(n_eval, seed * 1000 + 2, held_out=False))
-    write_jsonl(out / "test.jsonl", generate_rows(n_test, seed * 1000 + 3, held_out=True))
-    atomic_write_json(out / "schema.json", SCHEMA)
-    atomic_write_text(out / "task.yaml", TASK_YAML.format(instruction=json.dumps(INSTRUCTION)))
-    return out
+    return write_splits(out, lambda split, k, s: generate_rows(k, s, held_out=split == "test"),
+                        {"train": n, "eval": n_eval, "test": n_test}, seed,
+                        {"schema.json": json.dumps(SCHEMA, indent=2, ensure_ascii=False) + "\n",
+                         "task.yaml": TASK_YAML.format(instruction=json.dumps(INSTRUCTION))})  # fmt: skip

@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasktune.examples import register
+from tasktune.examples import register, write_splits
 
 REFUSE = r"(?:can ?not|can't|am not able to|am unable to|won't be able to|not able to|unable to) (?:share|give|disclose|reveal|look up|provide|confirm)"
 # Every answer, whatever its category: no hard promises, no rudeness, no blame.
@@ -228,12 +228,7 @@ train:
 @register("house-policy")
 def write_house_policy(out: str | Path, n: int = 600, seed: int = 0, n_eval: int = 60, n_test: int = 120) -> Path:
     """Write train/eval/test JSONL, policy.md and task.yaml for the conduct-policy task."""
-    from tasktune.fsio import atomic_write_text, ensure_writable_dir, write_jsonl
-
-    out = ensure_writable_dir(out, what="example folder")
-    write_jsonl(out / "train.jsonl", generate_rows(n, seed * 1000 + 1, held_out=False))
-    write_jsonl(out / "eval.jsonl", generate_rows(n_eval, seed * 1000 + 2, held_out=False))
-    write_jsonl(out / "test.jsonl", generate_rows(n_test, seed * 1000 + 3, held_out=True))
-    atomic_write_text(out / "policy.md", "# Driftwood support conduct policy\n\n" + POLICY + "\n")
-    atomic_write_text(out / "task.yaml", TASK_YAML.format(instruction=json.dumps(POLICY)))
-    return out
+    return write_splits(out, lambda split, k, s: generate_rows(k, s, held_out=split == "test"),
+                        {"train": n, "eval": n_eval, "test": n_test}, seed,
+                        {"policy.md": "# Driftwood support conduct policy\n\n" + POLICY + "\n",
+                         "task.yaml": TASK_YAML.format(instruction=json.dumps(POLICY))})  # fmt: skip

@@ -27,7 +27,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasktune.examples import register
+from tasktune.examples import register, typos, write_splits
 
 SUPPORT = "support@driftwood.app"
 
@@ -209,18 +209,9 @@ def product_sheet() -> str:
     return "\n".join(lines)
 
 
-def _typos(rng: random.Random, text: str, rate: float) -> str:
-    words = text.split(" ")
-    for i, w in enumerate(words):
-        if len(w) > 3 and w.isalpha() and rng.random() < rate:
-            j = rng.randrange(len(w) - 1)
-            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
-    return " ".join(words)
-
-
 def _ask(rng: random.Random, question: str) -> str:
     """A question as customers type it: a greeting, a thanks, a typo now and then, sometimes all lower case."""
-    q = _typos(rng, question, 0.05 if rng.random() < 0.3 else 0.0)
+    q = typos(rng, question, 0.05 if rng.random() < 0.3 else 0.0)
     if rng.random() < 0.25:
         q = q.lower()
     return (rng.choice(GREETINGS) + q + rng.choice(ENDINGS)).strip()
@@ -301,15 +292,10 @@ train:
 @register("product-support")
 def write_product_support(out: str | Path, n: int = 600, seed: int = 0, n_eval: int = 60, n_test: int = 120) -> Path:
     """Write train/eval/test JSONL, product_sheet.md and task.yaml for the fictional Driftwood product."""
-    from tasktune.fsio import atomic_write_text, ensure_writable_dir, write_jsonl
-
-    out = ensure_writable_dir(out, what="example folder")
-    write_jsonl(out / "train.jsonl", generate_rows(n, seed * 1000 + 1, "train"))
-    write_jsonl(out / "eval.jsonl", generate_rows(n_eval, seed * 1000 + 2, "eval"))
-    write_jsonl(out / "test.jsonl", generate_rows(n_test, seed * 1000 + 3, "test"))
-    atomic_write_text(out / "product_sheet.md", "# Driftwood product sheet\n\n" + product_sheet() + "\n")
-    atomic_write_text(out / "task.yaml", TASK_YAML.format(instruction=json.dumps(INSTRUCTION + product_sheet())))
-    return out
+    return write_splits(out, lambda split, k, s: generate_rows(k, s, split),
+                        {"train": n, "eval": n_eval, "test": n_test}, seed,
+                        {"product_sheet.md": "# Driftwood product sheet\n\n" + product_sheet() + "\n",
+                         "task.yaml": TASK_YAML.format(instruction=json.dumps(INSTRUCTION + product_sheet()))})  # fmt: skip
 
 
 # --- (b) the real FAQ of a company -------------------------------------------------------------------------------------

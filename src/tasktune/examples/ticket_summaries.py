@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasktune.examples import register
+from tasktune.examples import register, typos, write_splits
 
 TRAIN_STYLES = ["email", "email_thread", "chat", "webform", "mobile"]
 TEST_STYLES = ["phone_notes", "forwarded"]
@@ -138,15 +138,6 @@ def _pick(rng: random.Random, fact: Fact, held_out: bool) -> str:
     return rng.choice(fact.test) if held_out and rng.random() < 0.5 else rng.choice(fact.train)
 
 
-def _typos(rng: random.Random, text: str, rate: float) -> str:
-    words = text.split(" ")
-    for i, w in enumerate(words):
-        if len(w) > 3 and w.isalpha() and rng.random() < rate:
-            j = rng.randrange(len(w) - 1)
-            words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
-    return " ".join(words)
-
-
 def _stamp(rng: random.Random) -> str:
     return f"{rng.choice(DAYS)} {rng.randint(1, 28)} {rng.choice(MONTHS)} 2026 {rng.randint(7, 19):02d}:{rng.randint(0, 59):02d}"
 
@@ -160,7 +151,7 @@ def make_record(rng: random.Random, held_out: bool) -> tuple[str, str, dict]:
     reasons = URGENCY[level][1] if held_out and rng.random() < 0.5 else URGENCY[level][0]
     reason = rng.choice(reasons)
     facts = {
-        "problem": _typos(rng, _pick(rng, problem, held_out), 0.05 if rng.random() < 0.4 else 0.0),
+        "problem": typos(rng, _pick(rng, problem, held_out), 0.05 if rng.random() < 0.4 else 0.0),
         "tried": [_pick(rng, t, held_out) for t in tried],
         "request": _pick(rng, request, held_out),
         "reason": reason,
@@ -276,11 +267,6 @@ train:
 @register("ticket-summaries")
 def write_ticket_summaries(out: str | Path, n: int = 2000, seed: int = 0, n_eval: int = 100, n_test: int = 200) -> Path:
     """Write train/eval/test JSONL and task.yaml for the ticket-summary task."""
-    from tasktune.fsio import atomic_write_text, ensure_writable_dir, write_jsonl
-
-    out = ensure_writable_dir(out, what="example folder")
-    write_jsonl(out / "train.jsonl", generate_rows(n, seed * 1000 + 1, held_out=False))
-    write_jsonl(out / "eval.jsonl", generate_rows(n_eval, seed * 1000 + 2, held_out=False))
-    write_jsonl(out / "test.jsonl", generate_rows(n_test, seed * 1000 + 3, held_out=True))
-    atomic_write_text(out / "task.yaml", TASK_YAML.format(instruction=json.dumps(INSTRUCTION)))
-    return out
+    return write_splits(out, lambda split, k, s: generate_rows(k, s, held_out=split == "test"),
+                        {"train": n, "eval": n_eval, "test": n_test}, seed,
+                        {"task.yaml": TASK_YAML.format(instruction=json.dumps(INSTRUCTION))})  # fmt: skip
