@@ -344,7 +344,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     settings = {"methods": [m.strip() for m in args.methods.split(",") if m.strip()], "learning_rates": lrs,
                 "isolate": not args.in_process, "redo": args.redo}  # fmt: skip
     for key in ("budget_tokens", "shots", "priority", "price_per_1k_prompt_tokens", "price_per_train_hour",
-                "requests", "test_rows"):  # fmt: skip
+                "requests", "test_rows", "eval_batch_size"):  # fmt: skip
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     from tasktune.config import build
@@ -520,6 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--price-per-train-hour", type=float, help="USD per training hour (default: 0.10)")
     p.add_argument("--requests", type=int, help="requests expected, for the cost priority (default: 10000)")
     p.add_argument("--test-rows", type=int, help="held-out rows every method is scored on (default: 100)")
+    p.add_argument(
+        "--eval-batch-size",
+        type=int,
+        help="requests per generation batch when scoring (default: 16; lower it for prompts of thousands "
+        "of tokens, whose padded batch attention grows with the square of the length)",
+    )
     p.add_argument("--learning-rates", help="per-method peak rates, e.g. prompt=3e-2,lora=2e-4 (default per method)")
     p.add_argument("--redo", action="store_true", help="re-measure finished methods whose settings changed")
     p.add_argument("--in-process", action="store_true", help="run methods in this process (peak memory is shared)")
