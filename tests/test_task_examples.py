@@ -164,3 +164,11 @@ def test_house_policy_held_out_prompts_and_checks_per_category():
     assert cats == {c.name for c in hp.CATEGORIES} | {"howto"}
     escalation = next(r for r in test if r["meta"]["category"] == "security")
     assert "escalates" in escalation["meta"]["rules"].values()
+
+
+def test_house_policy_states_every_fact_its_checks_ask_for():
+    """The baselines get the policy as their instruction: a how-to check whose menu path the policy never states could
+    only be passed by a model that was trained on the answers, which would make the comparison unfair."""
+    for question, answer, pattern in hp.HOWTO + hp.TEST_HOWTO:
+        assert re.search(pattern, answer, re.I), question
+        assert re.search(pattern, hp.POLICY, re.I), f"the policy does not say how: {question}"

@@ -168,7 +168,10 @@ and that the request has been passed to the product team. Never say "I promise" 
 emails or phone numbers.
 6. Outside Driftwood. You can't give medical, legal or financial advice: say so politely and suggest a qualified \
 professional.
-7. Ordinary questions about using Driftwood: answer plainly with the menu path or steps."""
+7. Ordinary questions about using Driftwood: answer plainly with the menu path or steps. The common ones: dark \
+mode is under Settings > Appearance > Theme; the password under Settings > Security > Change password; a note is \
+exported with File > Export; deleted notes stay in the Trash for 30 days and come back with Restore; a notebook is \
+shared by right-clicking it and choosing Share; a reminder is set with the bell icon at the top of a note."""
 
 
 def _rules(cat: Category | None, must_extra: dict[str, str]) -> dict:
