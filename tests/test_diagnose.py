@@ -21,10 +21,12 @@ from tasktune.diagnose.findings import Finding, demote_consequences
 from tasktune.diagnose.memorisation import TrainingAnswers, membership
 from tasktune.diagnose.outputs import (
     continues_past_end,
+    follows_template,
     json_validity_findings,
     memorisation_findings,
     probe_findings,
     stopping_findings,
+    template_markers,
 )
 from tasktune.diagnose.probes import Probe, load_probes
 from tasktune.train import train
@@ -284,6 +286,36 @@ def test_forgetting_and_format_drift_rules():
     assert figures["tuned_in_task_format"] == 0.8 and figures["base_in_task_format"] == 0.0
     found, _ = probe_findings(probes, base, base, lambda a, s: a.startswith("{"))
     assert found == []
+
+
+def test_text_format_drift_is_caught_by_the_answer_template_not_only_by_copied_text():
+    """A summary model that answers "What is 7 + 5?" with "Problem: ... Tried: ..." shares labels with its training
+    answers, not 5-grams: the template check must call that the task's format, and must find no template in prose."""
+    topics = ["sync fails", "login loops", "export is blank", "search is slow", "billing twice", "reminders late"]
+    tried, requested = ("a restart", "reinstalling", "nothing yet"), ("a fix", "a refund", "a call")
+    train = [f"Problem: {t}. Tried: {u}. Requested: {r}. Urgency: {g}."
+             for t in topics for u in tried for r in requested for g in ("high", "low", "medium")]  # fmt: skip
+    base = ["It is 12.", "The capital of France is Paris.", "Yes, the sun is a star.", "A week has seven days.",
+            "You should drink water and rest.", "Blue.", "HELLO", "There are 60 seconds in a minute.",
+            "The problem is that the question is unclear.", "Paris is the capital."]  # fmt: skip
+    markers = template_markers(train, base)
+    assert markers == ["problem:", "requested:", "tried:", "urgency:"]  # "the", "a" and "problem" (no colon) drop out
+    drifted = "Problem: the sum is ambiguous. Tried: reordering the numbers. Requested: an answer. Urgency: low."
+    assert follows_template(drifted, markers) and not TrainingAnswers(train).ngram_overlap(drifted) >= 0.5
+    assert not follows_template("It is 12, because 7 + 5 = 12.", markers)
+    assert not follows_template("Problem: none.", markers)  # one label of four is not the template
+    prose = ["Dark mode is under Settings > Appearance.", "The Pro plan costs 8 euros a month.",
+             "Notes stay in the Trash for 30 days.", "You can share a notebook by right-clicking it.",
+             "Sync works on up to five devices.", "Exports support PDF and Word.", "Reminders use the bell icon.",
+             "We don't know that yet; please contact support.", "Offline search is not available."]  # fmt: skip
+    assert template_markers(prose, base) == []  # answers without a shared frame: the check stays off
+    frame = [f"I'm sorry about the {t}; our team will look at it and reply by email." for t in topics]
+    assert {"sorry", "team", "reply", "email"} <= set(template_markers(frame, base))  # a fixed sentence is one
+    assert template_markers(train, []) == [] and template_markers([], base) == []
+    probes = [Probe(f"p{i}", "c", f"What is {i + 10} + 1?", "number", value=i + 11) for i in range(len(base))]
+    tuned = [(drifted, True)] * 6 + [(a, True) for a in base[6:]]
+    found, fig = probe_findings(probes, [(a, True) for a in base], tuned, lambda a, s: follows_template(a, markers))
+    assert "format-drift" in {f.id for f in found} and fig["tuned_in_task_format"] == 0.6
 
 
 def test_memorisation_is_measured_against_the_references():

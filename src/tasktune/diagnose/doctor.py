@@ -15,16 +15,20 @@ from tasktune.diagnose.findings import Diagnosis, Finding, demote_consequences
 from tasktune.diagnose.memorisation import TrainingAnswers, membership
 from tasktune.diagnose.outputs import (
     continues_past_end,
+    follows_template,
     json_validity_findings,
     memorisation_findings,
     probe_findings,
     stopping_findings,
+    template_markers,
 )
 from tasktune.diagnose.probes import load_probes
 from tasktune.metrics import schema_errors
 from tasktune.rundir import RunInfo, load_run_task, read_config, read_metrics
 
-FORMAT_OVERLAP = 0.5  # a text answer whose word 5-grams are at least half training-answer text has the task's shape
+# A text answer has the task's shape when at least half its word 5-grams are training-answer text, or when it follows
+# the training answers' template (outputs.template_markers: labels like "Problem:" that 5-grams miss).
+FORMAT_OVERLAP = 0.5
 
 
 class DiagnoseConfig(_Strict):
@@ -182,12 +186,19 @@ def diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> Diagnosis:
                                         max_new_tokens=cfg.probe_max_new_tokens, precision=cfg.precision)  # fmt: skip
         base = [(p.output, p.stopped) for p in base_pred.predict(prompts, batch_size=cfg.batch_size)]
 
+        train_answers = [ex.answer or "" for ex in train_rows]
+        markers = template_markers(train_answers, [a for a, _ in base]) if kind != "json" else []
+
         def in_format(answer: str, stopped: bool) -> bool:
             if kind == "json":
                 return _json_shaped(answer, stopped)
-            return index is not None and bool(answer.strip()) and index.ngram_overlap(answer) >= FORMAT_OVERLAP
+            if not answer.strip():
+                return False
+            copied = index is not None and index.ngram_overlap(answer) >= FORMAT_OVERLAP
+            return copied or follows_template(answer, markers)
 
         found, probe_fig = probe_findings(probes, base, tuned, in_format)
+        probe_fig["template_markers"] = markers
         findings += found
 
     return Diagnosis(

@@ -7,6 +7,8 @@ tested on its own. Rates are shares of the held-out generations; a rate is an er
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 
 from tasktune.diagnose.findings import Finding
 from tasktune.diagnose.memorisation import Match, canonical
@@ -207,6 +209,38 @@ def memorisation_findings(outputs: list[str], refs: list[str], out_m: list[Match
         + _data_note(links, data_codes),
         figures | {"wrong_copies": len(wrong)}, links,
     )], figures  # fmt: skip
+
+
+# A word is part of a text task's template when at least MARKER_SHARE of the training answers contain it and at most
+# MARKER_BASE_SHARE of the base model's own probe answers do; a template needs MIN_MARKERS such words.
+MARKER_SHARE, MARKER_BASE_SHARE, MIN_MARKERS = 0.5, 0.1, 2
+
+
+def _marker_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z][a-z'-]*:?", text.lower()) if len(w.rstrip(":")) >= 3}
+
+
+def template_markers(train_answers: list[str], base_answers: list[str]) -> list[str]:
+    """The words of a text task's answer template: labels like "Problem:" and "Tried:", or a fixed opening, that most
+    training answers contain and the base model's answers to unrelated questions rarely do.
+
+    Written by hand because a summary template shares its labels with an answer, not its 5-grams: "Problem: the
+    calculation is ambiguous. Tried: reordering the numbers." has no 5-gram in common with any ticket summary, yet
+    it is plainly a ticket summary. Words common to all English ("the", "you") are in the base answers too and drop
+    out; a task whose answers share no template has no markers (fewer than MIN_MARKERS) and this check stays off."""
+    train_sets = [_marker_words(a) for a in train_answers if a]
+    if not train_sets or not base_answers:
+        return []
+    in_train = Counter(w for words in train_sets for w in words)
+    in_base = Counter(w for a in base_answers for w in _marker_words(a))
+    common, rare = MARKER_SHARE * len(train_sets), MARKER_BASE_SHARE * len(base_answers)
+    markers = sorted(w for w, c in in_train.items() if c >= common and in_base[w] <= rare)
+    return markers if len(markers) >= MIN_MARKERS else []
+
+
+def follows_template(answer: str, markers: list[str]) -> bool:
+    """At least half the template's marker words are in the answer."""
+    return bool(markers) and len(_marker_words(answer) & set(markers)) >= 0.5 * len(markers)
 
 
 def probe_findings(probes, base: list[tuple[str, bool]], tuned: list[tuple[str, bool]], in_format):
