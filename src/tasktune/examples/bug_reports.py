@@ -232,16 +232,51 @@ PLATFORM_PHRASES = {
 }  # fmt: skip
 VERSION_FORMS = (("v{M}.{m}.{p}", "version {M}.{m}.{p}", "app version {M}.{m}.{p}", "ver {M}.{m}"),
                  ("build {M}.{m}.{p}", "release {M}.{m}"))  # fmt: skip
+# The training pools are wide on purpose: ten phrasings of "sometimes" teach a lookup table that an eleventh
+# phrasing falls through (measured: the held-out "hit or miss" scored 0/37 after training on ten), while a wide
+# pool of unrelated idioms teaches the concept. No training phrase shares the distinctive words of a held-out one.
 REPRO_PHRASES = {
-    "always": (("it happens every time", "100% reproducible", "always happens", "each and every time I try", "reproducible every single time", "it never fails to happen", "happens 10/10 times", "reliably reproducible", "it does this always"), ("consistently, without fail",)),
-    "sometimes": (("it happens sometimes", "it's intermittent", "maybe 1 in 3 tries", "every now and then", "happens occasionally", "only some of the time", "not every time", "randomly, maybe twice a day", "on and off", "once in a while"), ("hit or miss",)),
-    "once": (("it only happened once so far", "I saw it one time", "happened once yesterday", "it just happened one time", "only once, I can't reproduce it", "it happened a single time", "first time I've seen it"), ("a one-off so far",)),
+    "always": (("it happens every time", "100% reproducible", "always happens", "each and every time I try",
+                "reproducible every single time", "it never fails to happen", "happens 10/10 times",
+                "reliably reproducible", "it does this always", "every single attempt", "without exception",
+                "every time, no matter what I do", "I can reproduce it on demand", "it happens all the time",
+                "guaranteed to happen", "it happens 100% of the time", "constantly", "5 out of 5 tries",
+                "every time I open it", "each time, like clockwork", "it's reproducible at will",
+                "whenever I try, it happens"),
+               ("consistently, without fail",)),
+    "sometimes": (("it happens sometimes", "it's intermittent", "maybe 1 in 3 tries", "every now and then",
+                   "happens occasionally", "only some of the time", "not every time", "randomly, maybe twice a day",
+                   "on and off", "once in a while", "sporadically", "it comes and goes", "it's flaky",
+                   "about half the time", "now and again", "some days it's fine, other days not",
+                   "every few tries", "seems random when it happens", "not always, but often", "every so often",
+                   "a few times a week", "from time to time", "it's a coin toss whether it works",
+                   "two or three times out of ten", "it's unpredictable", "here and there",
+                   "at random moments"),
+                  ("hit or miss",)),
+    "once": (("it only happened once so far", "I saw it one time", "happened once yesterday",
+              "it just happened one time", "only once, I can't reproduce it", "it happened a single time",
+              "first time I've seen it", "it happened just the one time", "haven't seen it again since",
+              "it was a single occurrence", "happened this morning and not since", "one time only",
+              "just once, last night", "it hasn't happened again", "I've only had it happen once",
+              "it occurred once during a meeting", "a single time, couldn't repeat it",
+              "saw it once and never again", "it happened on one occasion"),
+             ("a one-off so far",)),
 }  # fmt: skip
 REGRESSION_PHRASES = {
-    True: (("this started after the last update", "it worked fine in the previous version", "it used to work before updating", "it broke after upgrading", "it was working last week before the upgrade", "after the update this started", "the previous release didn't have this problem", "it stopped working after I updated"), ("was fine until the latest release",)),
-    False: (("it has never worked for me", "it's been like this since I installed it", "it never worked on this device", "it was like this from the start", "it didn't work the first time I tried either", "it has never worked properly", "same problem since I first installed it"), ("it's been broken from day one",)),
+    True: (("this started after the last update", "it worked fine in the previous version", "it used to work before updating", "it broke after upgrading", "it was working last week before the upgrade", "after the update this started", "the previous release didn't have this problem", "it stopped working after I updated", "the new update broke it", "no problems before I installed the update", "it was perfect on the older version", "ever since updating it does this"), ("was fine until the latest release",)),
+    False: (("it has never worked for me", "it's been like this since I installed it", "it never worked on this device", "it was like this from the start", "it didn't work the first time I tried either", "it has never worked properly", "same problem since I first installed it", "it hasn't worked a single time since I signed up", "it was already broken on my first try", "never once worked on this account"), ("it's been broken from day one",)),
 }  # fmt: skip
-WORKAROUNDS = (("restarting the app makes it go away for a while", "workaround: I use the web version for now", "I can get around it by logging out and back in", "a reinstall fixes it temporarily", "as a workaround I restart my phone", "I work around it by copying the text first", "switching to the desktop app gets me through", "clearing the cache helps temporarily"),
+WORKAROUNDS = (("restarting the app makes it go away for a while", "workaround: I use the web version for now",
+                "I can get around it by logging out and back in", "a reinstall fixes it temporarily",
+                "as a workaround I restart my phone", "I work around it by copying the text first",
+                "switching to the desktop app gets me through", "clearing the cache helps temporarily",
+                "I'm on the web app in the meantime", "copy-pasting into another app works as a stopgap",
+                "turning off wifi first gets around it", "if I disable dark mode it works",
+                "doing it one note at a time works", "it works if I go through the browser",
+                "I can still get by with the desktop version", "the keyboard shortcut still works, so I use that",
+                "I've been emailing the notes to myself meanwhile", "my tablet still works, so I use that meanwhile",
+                "force-quitting and reopening lets me carry on", "logging in from a private window works",
+                "I can keep working if I avoid that button", "a second try after a reboot usually goes through"),
                ("for now I just use my phone instead",))  # fmt: skip
 ERRORS = {
     "login": ("AuthError: invalid session token", "Error 401: Unauthorized", "Something went wrong (code {n4})"),
