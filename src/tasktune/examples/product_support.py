@@ -457,18 +457,10 @@ train:
 @register("product-support-faq")
 def write_product_support_faq(out: str | Path, n: int = 400, seed: int = 0, n_eval: int = 40, **_: object) -> Path:
     """Write the FAQ variant: train/eval/test JSONL, the FAQ excerpt, LICENSE-DATA.txt and task.yaml."""
-    from tasktune.fsio import atomic_write_text, ensure_writable_dir, write_jsonl
-
     known, unknown = faq_split(load_faq(), seed)
-    out = ensure_writable_dir(out, what="example folder")
-    write_jsonl(out / "train.jsonl", faq_rows(known, unknown, n, seed * 1000 + 1, "train"))
-    write_jsonl(out / "eval.jsonl", faq_rows(known, unknown, n_eval, seed * 1000 + 2, "eval"))
-    write_jsonl(out / "test.jsonl", faq_rows(known, unknown, 0, seed * 1000 + 3, "test"))
     sheet = "\n".join(f"Q: {q['q']}\nA: {q['a']}" for q in known)
-    atomic_write_text(out / "faq.md", f"# FAQ used for training\n\n{sheet}\n")
-    atomic_write_text(
-        out / "LICENSE-DATA.txt", FAQ_CREDIT + "\nLicense: https://creativecommons.org/licenses/by/4.0/\n"
-    )
-    text = FAQ_TASK_YAML.format(credit=FAQ_CREDIT, instruction=json.dumps(FAQ_INSTRUCTION + sheet))
-    atomic_write_text(out / "task.yaml", text)
-    return out
+    return write_splits(out, lambda split, k, s: faq_rows(known, unknown, k, s, split),
+                        {"train": n, "eval": n_eval, "test": 0}, seed,
+                        {"faq.md": f"# FAQ used for training\n\n{sheet}\n",
+                         "LICENSE-DATA.txt": FAQ_CREDIT + "\nLicense: https://creativecommons.org/licenses/by/4.0/\n",
+                         "task.yaml": FAQ_TASK_YAML.format(credit=FAQ_CREDIT, instruction=json.dumps(FAQ_INSTRUCTION + sheet))})  # fmt: skip
