@@ -82,7 +82,8 @@ def test_a_report_states_how_often_only_when_its_label_says_so():
     """The instruction maps "every time", "whenever", "sometimes", "once" to a reproducibility value, so a report
     whose label is null must not say any of them (a symptom like "every time I export as PDF it crashes" under
     reproducibility null taught the model that the instruction's own rule was wrong)."""
-    cue = re.compile(r"\b(every ?time|whenever|always|sometimes|intermittent|occasionally|once|each time|all the time)\b")
+    cues = r"every ?time|whenever|always|sometimes|intermittent|occasionally|once|each time|all the time"
+    cue = re.compile(rf"\b({cues})\b")
     for held_out in (False, True):
         for row in br.generate_rows(3000, seed=6, held_out=held_out):
             if row["output"]["reproducibility"] is None:

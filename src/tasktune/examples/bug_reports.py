@@ -230,11 +230,14 @@ PLATFORM_PHRASES = {
     "ios": (("on my iPhone 15", "iOS 17.2", "on an iPad Air", "iphone 12"), ("iPhone SE on the latest iOS",)),
     "web": (("in the web app (Chrome)", "web version in Firefox", "browser version, Edge", "on the website"), ("web client in Safari",)),
 }  # fmt: skip
-VERSION_FORMS = (("v{M}.{m}.{p}", "version {M}.{m}.{p}", "app version {M}.{m}.{p}", "ver {M}.{m}"),
+VERSION_FORMS = (("v{M}.{m}.{p}", "version {M}.{m}.{p}", "app version {M}.{m}.{p}", "ver {M}.{m}", "Driftwood {M}.{m}.{p}",
+                  "v{M}.{m}", "Driftwood v. {M}.{m}.{p}", "version number {M}.{m}.{p}", "the {M}.{m}.{p} app",
+                  "Driftwood {M}.{m}"),
                  ("build {M}.{m}.{p}", "release {M}.{m}"))  # fmt: skip
 # The training pools are wide on purpose: ten phrasings of "sometimes" teach a lookup table that an eleventh
-# phrasing falls through (measured: the held-out "hit or miss" scored 0/37 after training on ten), while a wide
-# pool of unrelated idioms teaches the concept. No training phrase shares the distinctive words of a held-out one.
+# phrasing falls through (measured: the held-out "hit or miss" scored 0/37 after training on ten, 23/37 after
+# training on 26), while a wide pool of unrelated idioms teaches the concept. No training phrase shares the
+# distinctive words of a held-out one.
 REPRO_PHRASES = {
     "always": (("it happens every time", "100% reproducible", "always happens", "each and every time I try",
                 "reproducible every single time", "it never fails to happen", "happens 10/10 times",
@@ -287,7 +290,9 @@ ERRORS = {
     "billing": ("PaymentDeclined: card_error", "Stripe error: payment_intent_unexpected_state", "Error 500: Internal Server Error"),
     "settings": ("LocaleNotFoundException: '{locale}'", "ConfigParseError: unexpected token at line {n2}", "Preferences file corrupted"),
 }  # fmt: skip
-ERROR_FORMS = (("it says \"{err}\"", "error: {err}", "I get this message: {err}", "LOG", "TRACE"),
+ERROR_FORMS = (("it says \"{err}\"", "error: {err}", "I get this message: {err}", "LOG", "TRACE",
+                "the screen shows '{err}'", "I keep getting {err}", "message: {err}", "it fails with `{err}`",
+                "the app tells me \"{err}\"", "a banner appears with the text \"{err}\"", "got this: {err}"),
                ("a dialog pops up saying '{err}'",))  # fmt: skip
 CHATTER = ("btw love the app otherwise", "sorry for my english", "my boss is waiting on this report",
            "I have a presentation tomorrow", "not sure if this is the right place to report this",
