@@ -199,12 +199,13 @@ def test_cli_compare_in_subprocesses(tiny_model, task_dir, capsys):
     out = task_dir / "cmp"
     code = main(["compare", str(task_dir / "task.yaml"), "--methods", "instruction,prompt", "--out", str(out),
                  "--budget-tokens", "600", "--test-rows", "3", "--model", str(tiny_model), "--precision", "fp32",
-                 "--learning-rates", "prompt=0.1"])  # fmt: skip
+                 "--learning-rates", "prompt=0.1", "--eval-batch-size", "2"])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "recommended for quality:" in printed and "prompt" in printed
     result = json.loads((out / "methods" / "prompt" / "result.json").read_text())
     assert result["isolated"] and result["train"]["learning_rate"] == 0.1
+    assert json.loads((out / "methods" / "instruction" / "spec.json").read_text())["eval_batch_size"] == 2
     assert result["peak_rss_mb"] >= result["rss_start_mb"] > 0  # measured in its own process, imports included
 
 
