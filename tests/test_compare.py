@@ -13,7 +13,7 @@ from accelerate.utils import set_seed
 
 from tasktune import compare as compare_mod
 from tasktune.cli import main
-from tasktune.compare import CompareConfig, compare, plan_methods
+from tasktune.compare import CompareConfig, compare, plan_methods, recommend
 from tasktune.config import TrainConfig, load_task
 from tasktune.data import examples_from_inputs, read_examples
 from tasktune.errors import ConfigError, TaskTuneError
@@ -261,3 +261,16 @@ def test_virtual_token_runs_generate_what_the_trained_model_predicts(tiny_model,
     for text, pred in zip(inputs, batched, strict=True):
         ids = predictor.prompt_ids(examples_from_inputs([text])[0])
         assert pred.output == greedy_reference(predictor.model, predictor.fmt, ids, 6), text
+
+
+def test_recommendation_is_none_when_no_method_scored():
+    """A tie at zero (the FAQ task after a short run: every method 0% fact accuracy) recommends nothing rather than
+    the fastest method "with the highest accuracy 0.000"."""
+    rows = [{"name": n, "metric": "fact_accuracy", "quality": q, "latency_ms_mean": lat, "total_cost": 1.0}
+            for n, q, lat in (("instruction", 0.0, 900), ("lora", 0.0, 100))]  # fmt: skip
+    for priority in ("quality", "latency", "cost"):
+        name, reason = recommend(rows, CompareConfig(priority=priority))
+        assert name == "none" and "no method scored above 0 on fact_accuracy" in reason
+    rows[0]["quality"] = 0.2
+    assert recommend(rows, CompareConfig())[0] == "instruction"
+    assert recommend(rows, CompareConfig(priority="latency"))[0] == "instruction"  # lora is not within 0.05 of it

@@ -404,9 +404,15 @@ def _derive(r: dict, baseline_tokens: float, ccfg: CompareConfig) -> dict:
 
 
 def recommend(rows: list[dict], ccfg: CompareConfig) -> tuple[str, str]:
-    """The method for the stated priority, and why, in numbers."""
+    """The method for the stated priority, and why, in numbers; "none" when no method scored at all."""
     best = max(rows, key=lambda r: (r["quality"], -r["latency_ms_mean"]))
     metric = best["metric"]
+    if best["quality"] <= 0:
+        return "none", (
+            f"no method scored above 0 on {metric}, so none does the task yet; give the trained methods more"
+            " --budget-tokens (or train one with `tasktune train` and more epochs), and check the data with"
+            " `tasktune check`"
+        )
     if ccfg.priority == "quality":
         others = sorted((r for r in rows if r is not best), key=lambda r: -r["quality"])
         runner = f"; next: {others[0]['name']} {others[0]['quality']:.3f}" if others else ""
