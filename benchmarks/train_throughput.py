@@ -53,14 +53,14 @@ def _eval_loss(model, tok, data_dir: str) -> float:
     return evaluate_loss(model, rows, tok.pad_token_id, 8, Accelerator(mixed_precision="bf16", cpu=True))
 
 
-def run_tasktune(data_dir: str, method: str, lr: float, batch_size: int) -> dict:
+def run_tasktune(data_dir: str, method: str, lr: float, batch_size: int, seed: int) -> dict:
     from tasktune.config import TrainConfig, load_task
     from tasktune.train import train
 
     task = load_task(f"{data_dir}/task.yaml")
     cfg = TrainConfig(
         model=MODEL, method=method, learning_rate=lr, epochs=1, batch_size=batch_size, eval_every=10**9,
-        precision="bf16", log_every=10**9,
+        precision="bf16", log_every=10**9, seed=seed,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         result = train(task, cfg, Path(out) / "run")
@@ -68,7 +68,7 @@ def run_tasktune(data_dir: str, method: str, lr: float, batch_size: int) -> dict
             "eval_loss": result.eval_loss}  # fmt: skip
 
 
-def run_trl(data_dir: str, method: str, lr: float, batch_size: int, checkpointing: bool) -> dict:
+def run_trl(data_dir: str, method: str, lr: float, batch_size: int, checkpointing: bool, seed: int) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -84,7 +84,7 @@ def run_trl(data_dir: str, method: str, lr: float, batch_size: int, checkpointin
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch_size, num_train_epochs=1,
         learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, bf16=True,
         use_cpu=True, gradient_checkpointing=checkpointing, max_length=1024, logging_steps=10**9,
-        save_strategy="no", report_to="none", seed=0, dataloader_num_workers=0, disable_tqdm=True,
+        save_strategy="no", report_to="none", seed=seed, data_seed=seed, dataloader_num_workers=0, disable_tqdm=True,
     )  # fmt: skip
     peft_config = None
     if method == "lora":
@@ -100,11 +100,11 @@ def run_trl(data_dir: str, method: str, lr: float, batch_size: int, checkpointin
     return {"train_seconds": seconds, "train_loss": out.training_loss, "eval_loss": eval_loss}
 
 
-def child(setting: str, data_dir: str, method: str, lr: float, batch_size: int) -> dict:
+def child(setting: str, data_dir: str, method: str, lr: float, batch_size: int, seed: int) -> dict:
     if setting == "tasktune":
-        r = run_tasktune(data_dir, method, lr, batch_size)
+        r = run_tasktune(data_dir, method, lr, batch_size, seed)
     else:
-        r = run_trl(data_dir, method, lr, batch_size, checkpointing=setting == "trl_default")
+        r = run_trl(data_dir, method, lr, batch_size, setting == "trl_default", seed)
     return r | {"peak_rss_mb": _peak_rss_mb()}
 
 
@@ -136,7 +136,14 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=160, help="training rows (one epoch): the token budget")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, help="default: 2e-4 for LoRA, 5e-5 for full")
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per setting; repeat r uses seed r (adapter init and row order) for every tool, so the"
+        " spread of the eval loss over repeats is the seed noise the tools are compared against",
+    )
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -144,7 +151,7 @@ def main() -> None:
     args = ap.parse_args()
     lr = args.lr or (2e-4 if args.method == "lora" else 5e-5)
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.data, args.method, lr, args.batch_size)))
+        print("RESULT " + json.dumps(child(args.child, args.data, args.method, lr, args.batch_size, args.seed)))
         return
 
     import torch
@@ -168,7 +175,7 @@ def main() -> None:
         for rep in range(args.repeats):
             for s in settings:
                 cmd = [sys.executable, __file__, "--child", s, "--data", data_dir, "--method", args.method]
-                cmd += ["--batch-size", str(args.batch_size), "--lr", str(lr)]
+                cmd += ["--batch-size", str(args.batch_size), "--lr", str(lr), "--seed", str(rep)]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if line is None:
@@ -177,7 +184,7 @@ def main() -> None:
                 r["tokens_per_s"] = total_tokens / r["train_seconds"]
                 r["supervised_tokens_per_s"] = supervised_tokens / r["train_seconds"]
                 runs[s].append(r)
-                print(f"  [{rep + 1}/{args.repeats}] {s:<22} {r['tokens_per_s']:6.0f} tok/s "
+                print(f"  [seed {rep}] {s:<22} {r['tokens_per_s']:6.0f} tok/s "
                       f"({r['supervised_tokens_per_s']:5.0f} supervised)  peak RSS {r['peak_rss_mb']:6.0f} MB  "
                       f"train loss {r['train_loss']:.4f}  eval loss {r['eval_loss']:.4f}", flush=True)  # fmt: skip
 
@@ -189,10 +196,12 @@ def main() -> None:
               "total_tokens": total_tokens, "supervised_tokens": supervised_tokens, "parameters": n_params,
               "bf16_matmul_peak_flops": peak, "bf16_matmul_model_shapes_flops": model_peak,
               "bf16_matmul_flops_by_shape": matmul, "settings": summary, "runs": runs}  # fmt: skip
-    print(f"\n{'setting':<22} {'tok/s':>7} {'sup tok/s':>9} {'peak RSS MB':>11} {'eval loss':>9}")
+    print(f"\n{'setting':<22} {'tok/s':>7} {'sup tok/s':>9} {'peak RSS MB':>11} {'eval loss':>9}  eval loss range")
     for s, m in summary.items():
+        losses = [r["eval_loss"] for r in runs[s]]
+        m["eval_loss_min"], m["eval_loss_max"] = min(losses), max(losses)
         print(f"{s:<22} {m['tokens_per_s']:7.0f} {m['supervised_tokens_per_s']:9.0f} {m['peak_rss_mb']:11.0f} "
-              f"{m['eval_loss']:9.4f}")  # fmt: skip
+              f"{m['eval_loss']:9.4f}  {min(losses):.4f}-{max(losses):.4f} over {len(losses)} seed(s)")  # fmt: skip
     if "tasktune" in summary:
         ours = summary["tasktune"]
         achieved = ours["tokens_per_s"] * flops_per_token
