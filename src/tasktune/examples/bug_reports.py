@@ -268,17 +268,11 @@ REGRESSION_PHRASES = {
     True: (("this started after the last update", "it worked fine in the previous version", "it used to work before updating", "it broke after upgrading", "it was working last week before the upgrade", "after the update this started", "the previous release didn't have this problem", "it stopped working after I updated", "the new update broke it", "no problems before I installed the update", "it was perfect on the older version", "ever since updating it does this"), ("was fine until the latest release",)),
     False: (("it has never worked for me", "it's been like this since I installed it", "it never worked on this device", "it was like this from the start", "it didn't work the first time I tried either", "it has never worked properly", "same problem since I first installed it", "it hasn't worked since the day I signed up", "it was already broken on my first try", "it has not worked on this account at all"), ("it's been broken from day one",)),
 }  # fmt: skip
-WORKAROUNDS = (("restarting the app makes it go away for a while", "workaround: I use the web version for now",
-                "I can get around it by logging out and back in", "a reinstall fixes it temporarily",
-                "as a workaround I restart my phone", "I work around it by copying the text first",
-                "switching to the desktop app gets me through", "clearing the cache helps temporarily",
-                "I'm on the web app in the meantime", "copy-pasting into another app works as a stopgap",
-                "turning off wifi first gets around it", "if I disable dark mode it works",
-                "doing it note by note works", "it works if I go through the browser",
-                "I can still get by with the desktop version", "the keyboard shortcut still works, so I use that",
-                "I've been emailing the notes to myself meanwhile", "my tablet still works, so I use that meanwhile",
-                "force-quitting and reopening lets me carry on", "logging in from a private window works",
-                "I can keep working if I avoid that button"),
+# Workarounds stay a narrow pool: 22 phrasings ("if I disable dark mode it works", "it works if I go through the
+# browser") taught the model that any clause about what still works is a workaround, and severity fell from 84% to
+# 80-81% in two runs (tuned reports called "medium" with no workaround in them), while the held-out workaround
+# scored no better (28/47 with 8 phrasings, 26/41 with 22).
+WORKAROUNDS = (("restarting the app makes it go away for a while", "workaround: I use the web version for now", "I can get around it by logging out and back in", "a reinstall fixes it temporarily", "as a workaround I restart my phone", "I work around it by copying the text first", "switching to the desktop app gets me through", "clearing the cache helps temporarily"),
                ("for now I just use my phone instead",))  # fmt: skip
 ERRORS = {
     "login": ("AuthError: invalid session token", "Error 401: Unauthorized", "Something went wrong (code {n4})"),
