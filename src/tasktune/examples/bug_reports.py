@@ -236,7 +236,7 @@ VERSION_FORMS = (("v{M}.{m}.{p}", "version {M}.{m}.{p}", "app version {M}.{m}.{p
                  ("build {M}.{m}.{p}", "release {M}.{m}"))  # fmt: skip
 # The training pools are wide on purpose: ten phrasings of "sometimes" teach a lookup table that an eleventh
 # phrasing falls through (measured: the held-out "hit or miss" scored 0/37 after training on ten, 23/37 after
-# training on 26), while a wide pool of unrelated idioms teaches the concept. No training phrase shares the
+# training on 27), while a wide pool of unrelated idioms teaches the concept. No training phrase shares the
 # distinctive words of a held-out one.
 REPRO_PHRASES = {
     "always": (("it happens every time", "100% reproducible", "always happens", "each and every time I try",
