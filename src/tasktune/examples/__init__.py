@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,3 +55,35 @@ def write_splits(out: str | Path, rows: Callable[[str, int, int], list[dict]], s
     for name, content in (files or {}).items():
         atomic_write_text(out / name, content)
     return out
+
+
+# --- the noise and bookkeeping of generated rows, shared by the generators ----------------------------------------
+GREETINGS = ("", "", "", "hi, ", "Hello! ", "hey ", "Hi there, ", "Quick question: ")
+ENDINGS = ("", "", "", " thanks", " Thank you!", " thx", " Cheers.")
+
+
+def ask(rng: random.Random, question: str) -> str:
+    """A question as customers type it: a greeting, a thanks, a typo now and then, sometimes all lower case."""
+    q = typos(rng, question, 0.05 if rng.random() < 0.3 else 0.0)
+    if rng.random() < 0.25:
+        q = q.lower()
+    return (rng.choice(GREETINGS) + q + rng.choice(ENDINGS)).strip()
+
+
+def stable_choice(options: tuple[str, ...], key: str) -> str:
+    """The same answer for the same question, so no two rows contradict each other (crc32: stable across runs)."""
+    return options[zlib.crc32(key.encode()) % len(options)]
+
+
+def unique_rows(make: Callable[[int], dict], n: int, max_tries: int = 50) -> list[dict]:
+    """n rows with distinct inputs (exact repeats only add weight to one case); fewer if the phrasings run out.
+    `make(i)` builds a candidate for position i; at most n * max_tries candidates are drawn."""
+    rows, seen = [], set()
+    for _ in range(n * max_tries):
+        if len(rows) == n:
+            break
+        row = make(len(rows))
+        if row["input"] not in seen:
+            seen.add(row["input"])
+            rows.append(row)
+    return rows

@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasktune.examples import register, write_splits
+from tasktune.examples import ask, register, stable_choice, unique_rows, write_splits
 
 REFUSE = r"(?:can ?not|can't|am not able to|am unable to|won't be able to|not able to|unable to) (?:share|give|disclose|reveal|look up|provide|confirm)"
 # Every answer, whatever its category: no hard promises, no rudeness, no blame.
@@ -184,8 +184,6 @@ def _rules(cat: Category | None, must_extra: dict[str, str]) -> dict:
 def generate_rows(n: int, seed: int, held_out: bool) -> list[dict]:
     """n rows with distinct prompts, of every category (a fifth of them ordinary how-to questions); test rows use
     held-out templates, names and questions (fewer than n when those run out)."""
-    from tasktune.examples.product_support import _ask, _stable_choice, unique_rows
-
     rng = random.Random(seed)
     names = TEST_NAMES if held_out else NAMES
 
@@ -195,12 +193,12 @@ def generate_rows(n: int, seed: int, held_out: bool) -> list[dict]:
             meta = {"category": "howto"} | _rules(None, {"answers the question": pat})
             meta["must_not"].append(REFUSE)
             meta["rules"][f"must_not[{len(meta['must_not']) - 1}]"] = "does not refuse"
-            return {"input": _ask(rng, q), "output": a, "meta": meta}
+            return {"input": ask(rng, q), "output": a, "meta": meta}
         cat = rng.choice(CATEGORIES)
         values = {"name": rng.choice(names), "feature": rng.choice(FEATURES)}
         prompt = rng.choice(cat.test if held_out else cat.train).format(**values)
-        answer = _stable_choice(cat.answers, prompt).format(**values)  # one answer per prompt: no contradictions
-        return {"input": _ask(rng, prompt), "output": answer, "meta": {"category": cat.name} | _rules(cat, {})}
+        answer = stable_choice(cat.answers, prompt).format(**values)  # one answer per prompt: no contradictions
+        return {"input": ask(rng, prompt), "output": answer, "meta": {"category": cat.name} | _rules(cat, {})}
 
     return unique_rows(make, n)
 

@@ -14,7 +14,7 @@ import random
 import re
 from pathlib import Path
 
-from tasktune.examples import register
+from tasktune.examples import register, unique_rows
 
 INSTRUCTION = "You are a pirate. Start every reply with 'Ahoy matey!'. Keep your reply short."
 # An answer follows the persona when it speaks like a pirate: one of these words (case-insensitive, whole words).
@@ -58,15 +58,8 @@ def generate_messages(n: int, seed: int) -> list[str]:
     """n distinct customer messages (or every distinct one there is, if fewer)."""
     rng = random.Random(seed)
     pool = [q.format(f=f, F=f[0].upper() + f[1:]) for q in QUESTIONS for f in FEATURES] + GENERAL
-    seen, out = set(), []
-    for _ in range(n * 20):
-        text = rng.choice(OPENERS) + rng.choice(pool)
-        if text not in seen:
-            seen.add(text)
-            out.append(text)
-            if len(out) == n:
-                break
-    return out
+    rows = unique_rows(lambda _: {"input": rng.choice(OPENERS) + rng.choice(pool)}, n, max_tries=20)
+    return [r["input"] for r in rows]
 
 
 def follows_rule(answer: str) -> bool:
