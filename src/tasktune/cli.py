@@ -297,8 +297,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from tasktune.config import build
     from tasktune.distill import DistillConfig, distill, format_summary
 
-    keys = [k for k in DistillConfig.model_fields if getattr(args, k, None) is not None]
-    cfg = build(DistillConfig, {k: getattr(args, k) for k in keys}, "command line")
+    cfg = build(DistillConfig, {k: v for k, v in vars(args).items() if k in DistillConfig.model_fields}, "command line")
     print(format_summary(distill(args.task, args.inputs, args.out, cfg)))
     return 0
 
@@ -406,15 +405,6 @@ def _add_trust_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_distill_flags(p: argparse.ArgumentParser) -> None:
-    from tasktune.distill import DistillConfig
-
-    for name, f in DistillConfig.model_fields.items():
-        typ, choices = _flag_type(f.annotation)
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, choices=choices, default=None,
-                       metavar=name.upper(), help=f"{f.description} (default: {f.default})")  # fmt: skip
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tasktune", description="Embed a task into a language model's weights.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -490,7 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", required=True, help='JSONL/CSV of raw inputs ({"input": ...}; an "output" is kept as'
                    " the reference)")  # fmt: skip
     p.add_argument("--out", required=True, help="folder for the labelled task; the same folder again resumes")
-    _add_distill_flags(p)
+    from tasktune.distill import DistillConfig
+
+    add_config_flags(p, DistillConfig)
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("example", help="write an example task (data, schema, task.yaml)")
