@@ -46,6 +46,7 @@ from tasktune.data import Example, read_examples
 from tasktune.errors import ConfigError, DataError, TaskTuneError
 from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir, write_jsonl
 from tasktune.metrics import schema_errors
+from tasktune.render import instruction_in_front
 from tasktune.runtime import progress_enabled
 
 CACHE = "cache.jsonl"
@@ -101,15 +102,9 @@ class DistillConfig(_Strict):
 # --- what the teacher is asked ---------------------------------------------------------------------------------------
 def teacher_messages(instruction: str, prompt_messages: list[dict], shots: list[Example] = ()) -> list[dict]:
     """The conversation the teacher gets: the instruction as the system turn (joined with a system turn the input
-    already has), the few-shot rows as earlier turns, then the input. What ChatFormat.with_instruction builds for a
+    already has), the few-shot rows as earlier turns, then the input: what ChatFormat.with_instruction builds for a
     template with a system role, so a local teacher and an endpoint get the same conversation."""
-    messages = [dict(m) for s in shots for m in s.messages] + [dict(m) for m in prompt_messages]
-    if not instruction:
-        return messages
-    if messages and messages[0]["role"] == "system":
-        messages[0]["content"] = instruction + "\n\n" + messages[0]["content"]
-        return messages
-    return [{"role": "system", "content": instruction}, *messages]
+    return instruction_in_front([m for s in shots for m in s.messages] + list(prompt_messages), instruction)
 
 
 def cache_key(teacher_id: str, messages: list[dict], settings: dict) -> str:

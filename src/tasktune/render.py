@@ -39,6 +39,22 @@ class Encoded:
         return sum(1 for t in self.labels if t != IGNORE)
 
 
+def instruction_in_front(messages: list[dict], instruction: str | None, system_ok: bool = True) -> list[dict]:
+    """A copy of `messages` with the instruction in front: joined with their system turn if they have one, else as a
+    system turn of its own where the template takes one (`system_ok`), else before the first user turn."""
+    messages = [dict(m) for m in messages]
+    if not instruction:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        messages[0]["content"] = instruction + "\n\n" + messages[0]["content"]
+    elif system_ok:
+        messages.insert(0, {"role": "system", "content": instruction})
+    else:
+        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[first_user]["content"] = instruction + "\n\n" + messages[first_user]["content"]
+    return messages
+
+
 class ChatFormat:
     """Renders messages for one tokenizer; knows which token ends an assistant turn."""
 
@@ -87,17 +103,7 @@ class ChatFormat:
     # --- public API -------------------------------------------------------------------------------------------------
     def with_instruction(self, messages: list[dict], instruction: str | None) -> list[dict]:
         """Put the task instruction in front: as the system turn where the template has one, else before the input."""
-        if not instruction:
-            return list(messages)
-        messages = [dict(m) for m in messages]
-        if messages and messages[0]["role"] == "system":
-            messages[0]["content"] = instruction + "\n\n" + messages[0]["content"]
-        elif self.system_ok:
-            messages.insert(0, {"role": "system", "content": instruction})
-        else:
-            first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
-            messages[first_user]["content"] = instruction + "\n\n" + messages[first_user]["content"]
-        return messages
+        return instruction_in_front(messages, instruction, self.system_ok)
 
     def prompt_text(self, prompt_messages: list[dict]) -> str:
         return self._render(prompt_messages, True)
