@@ -42,7 +42,7 @@ import yaml
 from pydantic import Field
 
 from tasktune.config import TaskConfig, _Strict, load_task
-from tasktune.data import Example, read_examples
+from tasktune.data import Example, answer_text, read_examples
 from tasktune.errors import ConfigError, DataError, TaskTuneError
 from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir, write_jsonl
 from tasktune.metrics import schema_errors
@@ -494,8 +494,6 @@ def _row(example: Example, label, line: int) -> dict:
     msgs = example.prompt_messages
     if len(msgs) == 1 and msgs[0]["role"] == "user":
         return {"input": msgs[0]["content"], "output": label} | extra
-    from tasktune.data import answer_text
-
     return {"messages": [*msgs, {"role": "assistant", "content": answer_text(label)}]} | extra
 
 
@@ -563,7 +561,7 @@ class AgreementReport:
 def agreement_scores(student: list[str], teacher: list[str], kind: str, schema: dict | None = None,
                      free_text: set[str] = frozenset()) -> dict:  # fmt: skip
     """Exact and field-level agreement of the student's answers with the teacher's (the teacher's are the targets)."""
-    from tasktune.metrics import _same_record, field_scores, normalise, rouge_l
+    from tasktune.metrics import _same_record, field_scores, text_metrics
 
     n = len(student)
     if not n:
@@ -583,9 +581,8 @@ def agreement_scores(student: list[str], teacher: list[str], kind: str, schema: 
             fields += field_scores(got, want, free_text).values()
         return {"exact_agreement": exact / n, "field_agreement": sum(fields) / max(len(fields), 1),
                 "rouge_l_agreement": None, "student_valid_rate": valid / n}  # fmt: skip
-    exact = sum(normalise(s) == normalise(t) for s, t in zip(student, teacher, strict=True))
-    rl = sum(rouge_l(s, t) for s, t in zip(student, teacher, strict=True))
-    return {"exact_agreement": exact / n, "field_agreement": None, "rouge_l_agreement": rl / n,
+    m = text_metrics(student, teacher)  # the teacher's answers are the references
+    return {"exact_agreement": m["exact_match"], "field_agreement": None, "rouge_l_agreement": m["rouge_l"],
             "student_valid_rate": sum(bool(s.strip()) for s in student) / n}  # fmt: skip
 
 
@@ -595,7 +592,6 @@ def agreement(run: str | Path, data: str | Path, *, limit: int | None = None, ba
     the instructed teacher gave, and both against the input file's own answers where it had them."""
     from tasktune.metrics import json_metrics, text_metrics
     from tasktune.predict import Predictor
-    from tasktune.render import ChatFormat
 
     data = Path(data)
     test = data / "test.jsonl"
@@ -612,14 +608,14 @@ def agreement(run: str | Path, data: str | Path, *, limit: int | None = None, ba
     teacher = [ex.answer for ex in rows]
     schema, free = task.json_schema(), set(task.output.free_text_fields)
     scores = agreement_scores(student, teacher, task.output.kind, schema, free)
-    fmt = ChatFormat(predictor.fmt.tok)
+    fmt = predictor.fmt
     instructed = [len(fmt.encode_prompt(fmt.with_instruction(ex.prompt_messages, task.instruction))) for ex in rows]
     student_tokens = sum(p.prompt_tokens for p in preds) / len(preds)
     instructed_tokens = sum(instructed) / len(instructed)
     with_ref = [i for i, ex in enumerate(rows) if "reference" in ex.extra]
     vs_ref = {}
     if with_ref:
-        refs = [_as_text(rows[i].extra["reference"]) for i in with_ref]
+        refs = [answer_text(rows[i].extra["reference"]) for i in with_ref]
         for who, answers in (("student", student), ("teacher", teacher)):
             picked = [answers[i] for i in with_ref]
             m = json_metrics(picked, refs, schema, free) if task.output.kind == "json" else text_metrics(picked, refs)
@@ -633,12 +629,6 @@ def agreement(run: str | Path, data: str | Path, *, limit: int | None = None, ba
         examples=[{"where": ex.where, "input": ex.input_text, "student": s, "teacher": t}
                   for ex, s, t in zip(rows, student, teacher, strict=True)],
     )  # fmt: skip
-
-
-def _as_text(value) -> str:
-    from tasktune.data import answer_text
-
-    return answer_text(value)
 
 
 def format_agreement(r: AgreementReport) -> str:
