@@ -60,13 +60,10 @@ def _read(path: Path) -> list[dict]:
 
 
 # --- a tiny OpenAI-compatible endpoint that plants errors and counts requests -----------------------------------------
-class FakeEndpoint:
-    """Answers chat completions with `answer(input)`; `plan[input]` is a list of (status, headers) to send first.
-    `log` holds (input, status, time) for every request that arrived."""
+class LocalHTTP:
+    """A threaded HTTP server on a free local port; each POST goes to `self.post(handler, body_bytes)`."""
 
-    def __init__(self, answer, plan: dict | None = None):
-        self.answer, self.plan, self.log = answer, {k: list(v) for k, v in (plan or {}).items()}, []
-        lock = threading.Lock()
+    def __init__(self):
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,39 +71,56 @@ class FakeEndpoint:
                 pass
 
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                text = body["messages"][-1]["content"]
-                with lock:
-                    step = outer.plan.get(text, [])
-                    status, headers = step.pop(0) if step else (200, {})
-                    outer.log.append((text, status, time.monotonic(), body))
-                if status != 200:
-                    payload = {"error": {"message": f"planted {status}", "type": "server_error"}}
-                else:
-                    content, finish = outer.answer(text)
-                    payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                               "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                            "finish_reason": finish}],
-                               "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}  # fmt: skip
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                outer.post(self, self.rfile.read(int(self.headers["Content-Length"])))
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.address = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def asked(self, text: str) -> list[tuple]:
-        return [e for e in self.log if e[0] == text]
+    @staticmethod
+    def reply(handler: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict | None = None) -> None:
+        handler.send_response(status)
+        for k, v in (headers or {}).items():
+            handler.send_header(k, v)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
 
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class FakeEndpoint(LocalHTTP):
+    """Answers chat completions with `answer(input)`; `plan[input]` is a list of (status, headers) to send first.
+    `log` holds (input, status, time) for every request that arrived."""
+
+    def __init__(self, answer, plan: dict | None = None):
+        self.answer, self.plan, self.log = answer, {k: list(v) for k, v in (plan or {}).items()}, []
+        self.lock = threading.Lock()
+        super().__init__()
+        self.url = self.address + "/v1"
+
+    def post(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
+        body = json.loads(raw)
+        text = body["messages"][-1]["content"]
+        with self.lock:
+            step = self.plan.get(text, [])
+            status, headers = step.pop(0) if step else (200, {})
+            self.log.append((text, status, time.monotonic(), body))
+        if status != 200:
+            payload = {"error": {"message": f"planted {status}", "type": "server_error"}}
+        else:
+            content, finish = self.answer(text)
+            payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                    "finish_reason": finish}],
+                       "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}  # fmt: skip
+        self.reply(handler, status, json.dumps(payload).encode(), headers)
+
+    def asked(self, text: str) -> list[tuple]:
+        return [e for e in self.log if e[0] == text]
 
 
 @pytest.fixture
@@ -273,50 +287,34 @@ def teacher_run(tiny_model, tmp_path_factory) -> Path:
     return root / "teacher"
 
 
-class CountingProxy:
+class CountingProxy(LocalHTTP):
     """Forwards every request to the real server, slowly (so a kill lands partway), and logs each input asked and
     whether its answer went back to the client."""
 
     def __init__(self, target: str, delay: float):
-        self.log: list[dict] = []
-        lock = threading.Lock()
-        outer = self
+        self.target, self.delay, self.log = target, delay, []
+        self.lock = threading.Lock()
+        super().__init__()
+        self.url = self.address
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                data = self.rfile.read(int(self.headers["Content-Length"]))
-                entry = {"input": json.loads(data)["messages"][-1]["content"], "delivered": False}
-                with lock:
-                    outer.log.append(entry)
-                time.sleep(delay)
-                headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
-                req = urllib.request.Request(target + self.path, data=data, headers=headers, method="POST")
-                try:
-                    with urllib.request.urlopen(req, timeout=120) as r:
-                        status, body = r.status, r.read()
-                except urllib.error.HTTPError as e:
-                    status, body = e.code, e.read()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    self.wfile.flush()
-                    entry["delivered"] = True
-                except OSError:  # the client was killed while we waited
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def post(self, handler: BaseHTTPRequestHandler, data: bytes) -> None:
+        entry = {"input": json.loads(data)["messages"][-1]["content"], "delivered": False}
+        with self.lock:
+            self.log.append(entry)
+        time.sleep(self.delay)
+        headers = {k: v for k, v in handler.headers.items() if k.lower() in ("authorization", "content-type")}
+        req = urllib.request.Request(self.target + handler.path, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                status, body = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read()
+        try:
+            self.reply(handler, status, body)
+            handler.wfile.flush()
+            entry["delivered"] = True
+        except OSError:  # the client was killed while we waited
+            pass
 
 
 def test_labelling_through_a_real_server_survives_sigkill_without_asking_twice_or_losing_inputs(
