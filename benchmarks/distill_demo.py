@@ -32,8 +32,8 @@ class _Cached:
 
 
 def side(preds, teacher=None) -> dict:
+    from tasktune.distill import agreement_scores
     from tasktune.examples.pirate_support import follows_rule
-    from tasktune.metrics import normalise, rouge_l
 
     n = len(preds)
     out = {
@@ -44,9 +44,9 @@ def side(preds, teacher=None) -> dict:
         "generated_tokens_mean": sum(p.generated_tokens for p in preds) / n,
     }
     if teacher is not None:
-        pairs = list(zip(preds, teacher, strict=True))
-        out["exact_agreement_with_teacher"] = sum(normalise(p.output) == normalise(t.output) for p, t in pairs) / n
-        out["rouge_l_with_teacher"] = sum(rouge_l(p.output, t.output) for p, t in pairs) / n
+        scores = agreement_scores([p.output for p in preds], [t.output for t in teacher], "text")
+        out["exact_agreement_with_teacher"] = scores["exact_agreement"]
+        out["rouge_l_with_teacher"] = scores["rouge_l_agreement"]
     return out
 
 
