@@ -70,6 +70,11 @@ def ask(rng: random.Random, question: str) -> str:
     return (rng.choice(GREETINGS) + q + rng.choice(ENDINGS)).strip()
 
 
+def pick(rng: random.Random, train: tuple[str, ...], test: tuple[str, ...], held_out: bool) -> str:
+    """Training draws from the training phrasings; the test split draws a held-out phrasing half of the time."""
+    return rng.choice(test) if held_out and rng.random() < 0.5 else rng.choice(train)
+
+
 def stable_choice(options: tuple[str, ...], key: str) -> str:
     """The same answer for the same question, so no two rows contradict each other (crc32: stable across runs)."""
     return options[zlib.crc32(key.encode()) % len(options)]

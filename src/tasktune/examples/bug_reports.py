@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasktune.examples import register, typos, write_splits
+from tasktune.examples import pick, register, typos, write_splits
 
 PRODUCT = "Driftwood"
 COMPONENTS = ["login", "sync", "editor", "export", "search", "notifications", "billing", "settings"]
@@ -352,12 +352,6 @@ SCHEMA = {
 }  # fmt: skip
 
 
-def _pick(rng: random.Random, phrases: tuple[tuple[str, ...], tuple[str, ...]], held_out: bool) -> str:
-    """Training draws from the training phrasings; the test split draws a held-out phrasing half of the time."""
-    train, test = phrases
-    return rng.choice(test) if held_out and rng.random() < 0.5 else rng.choice(train)
-
-
 def make_record(rng: random.Random, held_out: bool) -> tuple[str, dict]:
     """One report and its label, both from the same sampled facts."""
     issue = rng.choice(ISSUES)
@@ -365,7 +359,7 @@ def make_record(rng: random.Random, held_out: bool) -> tuple[str, dict]:
     version = None
     if rng.random() < 0.7:
         major, minor, patch = rng.randint(1, 5), rng.randint(0, 19), rng.randint(0, 9)
-        form = _pick(rng, VERSION_FORMS, held_out)
+        form = pick(rng, *VERSION_FORMS, held_out)
         if "{p}" not in form:
             patch = 0
         version_text = form.format(M=major, m=minor, p=patch)
@@ -396,14 +390,14 @@ def make_record(rng: random.Random, held_out: bool) -> tuple[str, dict]:
         "regression": regression,
     }
     facts = {
-        "symptom": rng.choice(issue.test) if held_out and rng.random() < 0.5 else rng.choice(issue.train),
-        "platform": _pick(rng, PLATFORM_PHRASES[platform], held_out) if platform else None,
+        "symptom": pick(rng, issue.train, issue.test, held_out),
+        "platform": pick(rng, *PLATFORM_PHRASES[platform], held_out) if platform else None,
         "version": version_text,
         "error": error,
-        "error_form": _pick(rng, ERROR_FORMS, held_out) if error else None,
-        "repro": _pick(rng, REPRO_PHRASES[repro], held_out) if repro else None,
-        "regression": _pick(rng, REGRESSION_PHRASES[regression], held_out) if regression is not None else None,
-        "workaround": _pick(rng, WORKAROUNDS, held_out) if workaround else None,
+        "error_form": pick(rng, *ERROR_FORMS, held_out) if error else None,
+        "repro": pick(rng, *REPRO_PHRASES[repro], held_out) if repro else None,
+        "regression": pick(rng, *REGRESSION_PHRASES[regression], held_out) if regression is not None else None,
+        "workaround": pick(rng, *WORKAROUNDS, held_out) if workaround else None,
         "component": issue.component,
         "chatter": rng.sample(CHATTER, k=rng.choice([0, 0, 1, 2])),
     }

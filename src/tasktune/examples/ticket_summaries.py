@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasktune.examples import register, typos, write_splits
+from tasktune.examples import pick, register, typos, write_splits
 
 TRAIN_STYLES = ["email", "email_thread", "chat", "webform", "mobile"]
 TEST_STYLES = ["phone_notes", "forwarded"]
@@ -134,10 +134,6 @@ team; "low" when they say there is no rush; otherwise "normal" (then give no rea
 do not invent steps they did not mention and do not propose solutions."""
 
 
-def _pick(rng: random.Random, fact: Fact, held_out: bool) -> str:
-    return rng.choice(fact.test) if held_out and rng.random() < 0.5 else rng.choice(fact.train)
-
-
 def _stamp(rng: random.Random) -> str:
     return f"{rng.choice(DAYS)} {rng.randint(1, 28)} {rng.choice(MONTHS)} 2026 {rng.randint(7, 19):02d}:{rng.randint(0, 59):02d}"
 
@@ -148,12 +144,11 @@ def make_record(rng: random.Random, held_out: bool) -> tuple[str, str, dict]:
     tried = rng.sample(TRIED, k=rng.choice([0, 1, 1, 2, 2, 3]))
     request = rng.choice(REQUESTS)
     level = rng.choice(list(URGENCY))
-    reasons = URGENCY[level][1] if held_out and rng.random() < 0.5 else URGENCY[level][0]
-    reason = rng.choice(reasons)
+    reason = pick(rng, *URGENCY[level], held_out)
     facts = {
-        "problem": typos(rng, _pick(rng, problem, held_out), 0.05 if rng.random() < 0.4 else 0.0),
-        "tried": [_pick(rng, t, held_out) for t in tried],
-        "request": _pick(rng, request, held_out),
+        "problem": typos(rng, pick(rng, problem.train, problem.test, held_out), 0.05 if rng.random() < 0.4 else 0.0),
+        "tried": [pick(rng, t.train, t.test, held_out) for t in tried],
+        "request": pick(rng, request.train, request.test, held_out),
         "reason": reason,
         "chatter": rng.sample(CHATTER, k=rng.choice([0, 1, 1, 2])),
         "name": rng.choice(NAMES),
