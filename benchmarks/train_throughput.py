@@ -25,6 +25,7 @@ from pathlib import Path
 
 MODEL = "smollm2-135m-instruct"
 SETTINGS = ("tasktune", "trl_default", "trl_no_checkpointing")
+EXTRA_SETTINGS = ("tasktune_grouped",)  # tasktune with --group-by-length: on request (--settings)
 
 
 def _peak_rss_mb() -> float:
@@ -53,14 +54,14 @@ def _eval_loss(model, tok, data_dir: str) -> float:
     return evaluate_loss(model, rows, tok.pad_token_id, 8, Accelerator(mixed_precision="bf16", cpu=True))
 
 
-def run_tasktune(data_dir: str, method: str, lr: float, batch_size: int, seed: int) -> dict:
+def run_tasktune(data_dir: str, method: str, lr: float, batch_size: int, seed: int, grouped: bool = False) -> dict:
     from tasktune.config import TrainConfig, load_task
     from tasktune.train import train
 
     task = load_task(f"{data_dir}/task.yaml")
     cfg = TrainConfig(
         model=MODEL, method=method, learning_rate=lr, epochs=1, batch_size=batch_size, eval_every=10**9,
-        precision="bf16", log_every=10**9, seed=seed,
+        precision="bf16", log_every=10**9, seed=seed, group_by_length=grouped,
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         result = train(task, cfg, Path(out) / "run")
@@ -101,8 +102,8 @@ def run_trl(data_dir: str, method: str, lr: float, batch_size: int, checkpointin
 
 
 def child(setting: str, data_dir: str, method: str, lr: float, batch_size: int, seed: int) -> dict:
-    if setting == "tasktune":
-        r = run_tasktune(data_dir, method, lr, batch_size, seed)
+    if setting.startswith("tasktune"):
+        r = run_tasktune(data_dir, method, lr, batch_size, seed, grouped=setting == "tasktune_grouped")
     else:
         r = run_trl(data_dir, method, lr, batch_size, setting == "trl_default", seed)
     return r | {"peak_rss_mb": _peak_rss_mb()}
@@ -144,7 +145,7 @@ def main() -> None:
         " spread of the eval loss over repeats is the seed noise the tools are compared against",
     )
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--settings", default=",".join(SETTINGS), help=f"also: {', '.join(EXTRA_SETTINGS)}")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -161,6 +162,8 @@ def main() -> None:
     from tasktune.models import load_base, resolve_model
 
     settings = args.settings.split(",")
+    if unknown := [s for s in settings if s not in SETTINGS + EXTRA_SETTINGS]:
+        sys.exit(f"--settings: unknown {', '.join(unknown)}; choose from {', '.join(SETTINGS + EXTRA_SETTINGS)}")
     runs: dict[str, list[dict]] = {s: [] for s in settings}
     with tempfile.TemporaryDirectory() as data_dir:
         write_bug_reports(data_dir, n=args.rows, n_eval=64, n_test=8)

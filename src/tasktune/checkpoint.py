@@ -10,7 +10,7 @@ RUN/checkpoints/step-00000040/
 Written by hand rather than with accelerate's save_state/load_state, because save_state writes straight into the
 target folder (a kill mid-save leaves a half-written checkpoint that load_state reads without complaint), pickles the
 optimizer, scheduler and RNG states (torch.save), and records a data position only for its own prepared DataLoaders,
-not for our seeded length-grouped batch iterator. Here a checkpoint is a temporary folder renamed into place
+not for our seeded batch iterator. Here a checkpoint is a temporary folder renamed into place
 (fsio.atomic_dir), nothing is pickled, and every file's size and hash is checked before a checkpoint is used.
 Checkpoints hold full (unsharded) states, so they are written under single-process and DDP training only.
 """

@@ -48,7 +48,7 @@ def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel], pr
             continue
         key = f"{prefix}{name}"
         flag = "--" + key.replace(".", "-").replace("_", "-")
-        help_text = f"{field.description} (default: {field.default})"
+        help_text = f"{field.description} (default: {field.default})".replace("%", "%%")  # argparse formats help
         if ann is bool:
             parser.add_argument(
                 flag, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text

@@ -88,6 +88,11 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(None, ge=1, description="optimizer steps to run; overrides epochs")
     batch_size: int = Field(8, ge=1, description="rows per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    group_by_length: bool = Field(
+        False,
+        description="batch rows of similar length together: ~10% less padding, but less mixed batches (measured:"
+        " +1.5-3% eval loss after 40 LoRA steps); worth it when row lengths vary widely",
+    )
     warmup_ratio: float = Field(0.05, ge=0, le=1, description="share of steps with linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
