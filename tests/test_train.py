@@ -86,6 +86,21 @@ def test_batches_are_random_draws_unless_grouped_by_length():
     assert grouped[:8] != sorted(grouped[:8])
 
 
+def test_group_by_length_in_the_config_reaches_the_training_batches():
+    from tasktune.render import Encoded
+    from tasktune.train import iter_micro_batches
+
+    rows = [Encoded(list(range(8 + 5 * i)), [-100] * (7 + 5 * i) + [7]) for i in range(64)]  # lengths 8..323
+
+    def padding(group: bool) -> int:
+        """Padding over one epoch (16 batches), against each batch's longest row (not its width rounded to 32)."""
+        it = iter_micro_batches(rows, TrainConfig(batch_size=4, seed=1, group_by_length=group), 0)
+        return sum(int((b["attention_mask"].sum(1).max() - b["attention_mask"].sum(1)).sum()) for _, _, b in
+                   (next(it) for _ in range(16)))  # fmt: skip
+
+    assert padding(True) * 5 < padding(False)
+
+
 def test_supervised_only_logits_give_the_plain_loss(tiny_model, task_dir):
     model, tok = load_base(tiny_model)
     fmt = ChatFormat(tok)
