@@ -23,7 +23,7 @@ from tasktune.examples.bug_reports import write_bug_reports
 from tasktune.models import load_base, resolve_model
 from tasktune.render import ChatFormat
 from tasktune.strategies import get_strategy
-from tasktune.train import collate, encode_rows, shuffled_batches, token_loss
+from tasktune.train import collate, encode_rows, frozen_linears_to_bf16, shuffled_batches, token_loss
 
 
 def main() -> None:
@@ -37,10 +37,7 @@ def main() -> None:
         write_bug_reports(d, n=args.rows, n_eval=8, n_test=8)
         model, tok = load_base(resolve_model(cfg.model).path)
         rows, _ = encode_rows(ChatFormat(tok), read_examples(f"{d}/train.jsonl"), None, cfg.max_length)
-    embeddings = model.get_input_embeddings().weight
-    for module in model.modules():  # as train.train does for a frozen base under bf16
-        if isinstance(module, torch.nn.Linear) and module.weight is not embeddings:
-            module.to(torch.bfloat16)
+    frozen_linears_to_bf16(model)  # as train.train does for a frozen base under bf16
     model = get_strategy("lora").prepare(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-4)
