@@ -80,8 +80,9 @@ def shuffled_batches(lengths: list[int], batch_size: int, rng: random.Random, gr
     Plain: shuffle, then cut into batches, so every batch is a random draw (as TRL and the HF Trainer do).
     `group_by_length`: shuffle, sort within mega-chunks of 32 batches by length, cut, shuffle the batches: each batch
     holds rows of one length, so less padding (measured on bug reports: 10% padding against 23%), but also one
-    writing style per batch; after 40 LoRA steps that cost 1.5-3% eval loss against random batches over 3 seeds
-    (`benchmarks/train_throughput.py --repeats 3`), so it is opt-in, for data whose lengths vary widely."""
+    writing style per batch; after 40 LoRA steps on 160 bug reports that cost 1.5-3% eval loss against random
+    batches over 3 seeds (probe runs; `benchmarks/train_throughput.py --repeats 3 --settings
+    tasktune,tasktune_grouped` compares the two), so it is opt-in, for data whose lengths vary widely."""
     order = list(range(len(lengths)))
     rng.shuffle(order)
     if not group_by_length:
