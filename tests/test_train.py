@@ -58,6 +58,27 @@ def test_lora_trains_only_adapter_weights(tiny_model, task_dir):
     assert sum(not torch.equal(before[n], after[n]) for n in adapters) == len(adapters)
 
 
+@pytest.mark.parametrize("ratio", [1.0, 4.0])
+def test_lora_plus_steps_the_b_matrices_at_ratio_times_the_learning_rate(tiny_model, task_dir, ratio):
+    # At init B = 0, so A's gradient is zero and only B moves in the first step; Adam's first step moves every
+    # element with a gradient by the group's learning rate (times ~1), so the largest move reads that rate back.
+    lr = 1e-2
+    cfg = TrainConfig(
+        model=str(tiny_model), method="lora", max_steps=1, batch_size=8, learning_rate=lr, warmup_ratio=0.0,
+        precision="fp32", lora={"r": 4, "alpha": 8, "plus_lr_ratio": ratio},
+    )  # fmt: skip
+    model, tok, rows = _prepared(tiny_model, task_dir, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    _fit(model, rows, cfg, tok.pad_token_id)
+    after = dict(model.named_parameters())
+    for n in before:
+        moved = (after[n] - before[n]).abs().max().item()
+        if "lora_B" in n:
+            assert moved == pytest.approx(ratio * lr, rel=1e-3), n
+        else:
+            assert moved == 0.0, n
+
+
 def test_full_trains_every_weight(tiny_model, task_dir):
     cfg = TrainConfig(
         model=str(tiny_model), method="full", max_steps=2, batch_size=8, learning_rate=1e-3, precision="fp32"

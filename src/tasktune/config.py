@@ -50,6 +50,11 @@ class LoraSettings(_Strict):
     target_modules: str | list[str] = Field(
         "all-linear", description="modules that get adapters: 'all-linear' or a list of module names"
     )
+    plus_lr_ratio: float = Field(
+        1.0,
+        ge=1,
+        description="LoRA+ (Hayou et al. 2024): the B matrices learn this many times faster than A; 1 = plain LoRA",
+    )
 
 
 class PrefixSettings(_Strict):

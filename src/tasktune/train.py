@@ -233,6 +233,20 @@ def iter_micro_batches(
         epoch, index = epoch + 1, 0
 
 
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; with `lora.plus_lr_ratio` > 1, peft's LoRA+ groups (B at ratio x lr)."""
+    lr = cfg.resolved_learning_rate()
+    if cfg.method == "lora" and cfg.lora.plus_lr_ratio != 1:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=cfg.lora.plus_lr_ratio,
+            loraplus_weight_decay=cfg.weight_decay,
+        )  # fmt: skip
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
 def fit(
     model,
     train_rows: list[Encoded],
@@ -252,8 +266,7 @@ def fit(
     world, rank = accelerator.num_processes, accelerator.process_index
     total_steps = plan_steps(len(train_rows), cfg, world)
     prepended = get_strategy(cfg.method).prepended_tokens(cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.resolved_learning_rate(), weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     resume = ckpt and ckpt.resume_from and load_checkpoint(ckpt.resume_from, model, optimizer, scheduler, accelerator)
     start = resume.step if resume else 0
