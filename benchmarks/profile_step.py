@@ -23,7 +23,7 @@ from tasktune.examples.bug_reports import write_bug_reports
 from tasktune.models import load_base, resolve_model
 from tasktune.render import ChatFormat
 from tasktune.strategies import get_strategy
-from tasktune.train import collate, encode_rows, frozen_linears_to_bf16, shuffled_batches, token_loss
+from tasktune.train import collate, encode_rows, frozen_linears_to_bf16, make_optimizer, shuffled_batches, token_loss
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     frozen_linears_to_bf16(model)  # as train.train does for a frozen base under bf16
     model = get_strategy("lora").prepare(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=2e-4)
+    optimizer = make_optimizer(model, cfg)  # AdamW at the lora default 2e-4, as train.fit builds it
     batches = shuffled_batches([len(r.input_ids) for r in rows], cfg.batch_size, random.Random(0), args.group_by_length)
     if len(batches) < 18:
         raise SystemExit(
