@@ -64,8 +64,10 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
 @pytest.mark.timeout(300)
 def test_sigkill_mid_run_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny_model, task_dir, tmp_path):
     """Dropout is on, so the RNG states must be restored too; the data position must continue mid-epoch (12 batches
-    per epoch, checkpoints every 5 steps). LoRA+ is on, so the optimizer has several parameter groups to restore."""
-    steps = ["--max-steps", "40", "--save-every", "5", "--keep-checkpoints", "2", "--lora-plus-lr-ratio", "4"]
+    per epoch, checkpoints every 5 steps). LoRA+ is on, so the optimizer has several parameter groups to restore;
+    NEFTune is on, so the resumed run must put its noise hook back and draw the same noise."""
+    steps = ["--max-steps", "40", "--save-every", "5", "--keep-checkpoints", "2", "--lora-plus-lr-ratio", "4",
+             "--neftune-noise-alpha", "5"]  # fmt: skip
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = subprocess.run(_cmd(task_dir, tiny_model, whole, *steps), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

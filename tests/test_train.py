@@ -79,6 +79,27 @@ def test_lora_plus_steps_the_b_matrices_at_ratio_times_the_learning_rate(tiny_mo
             assert moved == 0.0, n
 
 
+def test_neftune_noises_the_training_forwards_and_is_gone_after_fit(tiny_model, task_dir):
+    # Same seed and data, one step: the noise must reach the loss; after fit the hook must be removed, so that a
+    # train-mode forward (as a later fit or eval loss would run) is deterministic again and saving sees no noise.
+    losses = {}
+    for alpha in (None, 5.0):
+        cfg = TrainConfig(
+            model=str(tiny_model), method="lora", max_steps=1, batch_size=8, learning_rate=1e-2, precision="fp32",
+            lora={"r": 4, "alpha": 8}, neftune_noise_alpha=alpha,
+        )  # fmt: skip
+        model, tok, rows = _prepared(tiny_model, task_dir, cfg)
+        losses[alpha] = _fit(model, rows, cfg, tok.pad_token_id)["train_loss"]
+        embeddings = model.get_input_embeddings()
+        assert not embeddings._forward_hooks and not hasattr(embeddings, "neftune_noise_alpha")
+        model.train()
+        batch = collate(rows[:4], tok.pad_token_id)
+        with torch.no_grad():
+            assert torch.equal(model(**batch).logits, model(**batch).logits)
+    assert losses[5.0] != losses[None]
+    assert losses[5.0] == pytest.approx(losses[None], rel=0.2)  # noise of scale 5/sqrt(L*d): a nudge, not a new task
+
+
 def test_full_trains_every_weight(tiny_model, task_dir):
     cfg = TrainConfig(
         model=str(tiny_model), method="full", max_steps=2, batch_size=8, learning_rate=1e-3, precision="fp32"

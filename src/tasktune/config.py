@@ -101,6 +101,12 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.05, ge=0, le=1, description="share of steps with linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    neftune_noise_alpha: float | None = Field(
+        None,
+        gt=0,
+        description="NEFTune (Jain et al. 2023): uniform noise of scale alpha/sqrt(length*width) on the input"
+        " embeddings while training, a regulariser against memorising phrasings (5 in the paper); off by default",
+    )
     seed: int = Field(0, description="seed for init, shuffling and dropout")
     max_length: int = Field(1024, ge=8, description="longest row in tokens; longer rows are skipped, never truncated")
     eval_every: int = Field(50, ge=1, description="steps between eval-loss measurements")

@@ -247,6 +247,22 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
+@contextlib.contextmanager
+def neftune(model, alpha: float | None, accelerator):
+    """NEFTune noise on the input embeddings for the duration of the block (transformers' hook, as TRL uses it);
+    the hook only acts in train mode and is removed afterwards, so eval loss, saving and generation see no noise."""
+    if alpha is None:
+        yield
+        return
+    from transformers.integrations.neftune import activate_neftune, deactivate_neftune
+
+    handle = activate_neftune(model, alpha, accelerator)
+    try:
+        yield
+    finally:
+        deactivate_neftune(model, handle, accelerator)
+
+
 def fit(
     model,
     train_rows: list[Encoded],
@@ -293,7 +309,7 @@ def fit(
     seen_tokens, seen_sup = totals.get("seen_tokens", 0), totals.get("seen_sup", 0)
     train_loss, eval_loss, best_eval = totals.get("train_loss"), totals.get("eval_loss"), totals.get("best_eval")
     model.train()
-    with StopOnSignal() as stop:
+    with StopOnSignal() as stop, neftune(model, cfg.neftune_noise_alpha, accelerator):
         for step in range(start + 1, total_steps + 1):
             window = [next(micro_batches) for _ in range(cfg.grad_accum)]
             epoch, index, _ = window[-1]
