@@ -100,6 +100,21 @@ def test_neftune_noises_the_training_forwards_and_is_gone_after_fit(tiny_model, 
     assert losses[5.0] == pytest.approx(losses[None], rel=0.2)  # noise of scale 5/sqrt(L*d): a nudge, not a new task
 
 
+@pytest.mark.parametrize("method", ["full", "prefix", "prompt"])
+def test_neftune_reaches_the_loss_for_every_method(tiny_model, task_dir, method):
+    # transformers finds the embeddings differently in a plain model and in peft's prefix/prompt wrappers.
+    losses = {}
+    for alpha in (None, 5.0):
+        cfg = TrainConfig(
+            model=str(tiny_model), method=method, max_steps=1, batch_size=8, learning_rate=1e-3, precision="fp32",
+            neftune_noise_alpha=alpha,
+        )  # fmt: skip
+        model, tok, rows = _prepared(tiny_model, task_dir, cfg)
+        losses[alpha] = _fit(model, rows, cfg, tok.pad_token_id)["train_loss"]
+        assert not model.get_input_embeddings()._forward_hooks
+    assert losses[5.0] != losses[None]
+
+
 def test_full_trains_every_weight(tiny_model, task_dir):
     cfg = TrainConfig(
         model=str(tiny_model), method="full", max_steps=2, batch_size=8, learning_rate=1e-3, precision="fp32"
