@@ -4,7 +4,7 @@ Frozen Linear weights in bf16, bf16 autocast, LoRA r=16 on all linear layers, th
 supervised positions, batches of 4 generated bug reports. Prints tokens/s over 10 timed steps, then the profiler's
 table of operators by self CPU time over 5 more.
 
-    python benchmarks/profile_step.py [--rows 160] [--batch-size 4] [--group-by-length]
+    python benchmarks/profile_step.py [--rows 160] [--batch-size 4] [--group-by-length] [--lora-top-layers N]
 """
 
 from __future__ import annotations
@@ -31,8 +31,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--group-by-length", action="store_true")
+    ap.add_argument("--lora-top-layers", type=int, help="adapt only the last N layers (default: all)")
     args = ap.parse_args()
-    cfg = TrainConfig(method="lora", precision="bf16", batch_size=args.batch_size)
+    cfg = TrainConfig(
+        method="lora", precision="bf16", batch_size=args.batch_size, lora={"top_layers": args.lora_top_layers}
+    )
     with tempfile.TemporaryDirectory() as d:
         write_bug_reports(d, n=args.rows, n_eval=8, n_test=8)
         model, tok = load_base(resolve_model(cfg.model).path)

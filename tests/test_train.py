@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from accelerate.utils import set_seed
 
 from tasktune.config import TaskConfig, TrainConfig, load_task
 from tasktune.data import read_examples
+from tasktune.errors import TaskTuneError
 from tasktune.models import load_base
 from tasktune.render import ChatFormat
 from tasktune.rundir import MetricsLog, read_metrics
@@ -56,6 +58,41 @@ def test_lora_trains_only_adapter_weights(tiny_model, task_dir):
         if "lora_B" in n:  # A and B both train; B starts at zero, so any move shows
             assert not torch.equal(before[n], after[n]), f"adapter weight {n} did not move"
     assert sum(not torch.equal(before[n], after[n]) for n in adapters) == len(adapters)
+
+
+@pytest.mark.parametrize("top_layers", [None, 1])
+def test_lora_top_layers_adapts_only_the_last_layers_and_the_backward_stops_below_them(
+    tiny_model, task_dir, top_layers
+):
+    cfg = TrainConfig(
+        model=str(tiny_model), method="lora", max_steps=2, batch_size=8, learning_rate=1e-2, precision="fp32",
+        lora={"r": 4, "alpha": 8, "top_layers": top_layers},
+    )  # fmt: skip
+    model, tok, rows = _prepared(tiny_model, task_dir, cfg)
+    n = model.config.num_hidden_layers
+    adapted = {}  # layer index -> kinds of adapted Linear in it
+    for name, _ in model.named_parameters():
+        if "lora_A" in name:
+            layer, kind = re.search(r"\.layers\.(\d+)\.(?:\w+\.)*?(\w+_proj)\.lora_A", name).groups()
+            adapted.setdefault(int(layer), set()).add(kind)
+    every_linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert adapted == {i: every_linear for i in range(n - (top_layers or n), n)}  # all-linear, in those layers only
+    # Autograd records the graph from the lowest trainable weight up: below it no activation needs a gradient.
+    needs_grad = {}
+    for i, layer in enumerate(model.base_model.model.model.layers):
+        layer.register_forward_hook(lambda m, args, out, i=i: needs_grad.__setitem__(i, out[0].requires_grad))
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    _fit(model, rows, cfg, tok.pad_token_id)
+    assert needs_grad == {i: top_layers is None or i >= n - top_layers for i in range(n)}
+    for k, p in model.named_parameters():
+        assert torch.equal(p, before[k]) != ("lora_" in k), f"{k}: adapters move, the base stays"
+
+
+def test_lora_top_layers_beyond_the_model_is_a_clear_error(tiny_model, task_dir):
+    cfg = TrainConfig(model=str(tiny_model), method="lora", lora={"top_layers": 3})
+    with pytest.raises(TaskTuneError, match=r"lora.top_layers is 3 but .* has 2 layers") as e:
+        _prepared(tiny_model, task_dir, cfg)
+    assert "from 1 to 2" in e.value.hint
 
 
 @pytest.mark.parametrize("ratio", [1.0, 4.0])

@@ -32,11 +32,23 @@ def _prepare_lora(model, cfg: TrainConfig):
     from peft import LoraConfig, get_peft_model
 
     lora = cfg.lora
+    target, layers = lora.target_modules, None
+    if lora.top_layers is not None:
+        n = model.config.get_text_config().num_hidden_layers
+        if lora.top_layers > n:
+            raise TaskTuneError(
+                f"lora.top_layers is {lora.top_layers} but {cfg.model} has {n} layers",
+                f"use a number from 1 to {n}, or leave lora.top_layers unset to adapt every layer",
+            )
+        layers = list(range(n - lora.top_layers, n))
+        if target == "all-linear":  # peft takes a layer subset only with module names: the ones all-linear means
+            target = _linear_module_names(model)
     peft_cfg = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=target,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
     try:
@@ -45,6 +57,16 @@ def _prepare_lora(model, cfg: TrainConfig):
         raise TaskTuneError(
             f"lora.target_modules: {e}", "use 'all-linear' or names of the model's linear layers"
         ) from None
+
+
+def _linear_module_names(model) -> list[str]:
+    """Leaf names of the model's Linear layers but the output head: what peft's 'all-linear' adapts."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    )
 
 
 def _prepare_full(model, cfg: TrainConfig):
