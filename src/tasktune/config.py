@@ -56,10 +56,12 @@ class LoraSettings(_Strict):
         description="LoRA+ (Hayou et al. 2024): the B matrices learn this many times faster than A; 1 = plain LoRA",
     )
     # Autograd stops at the lowest layer with a trainable weight, so adapting only the upper layers cuts the backward
-    # pass short: the top 15 of SmolLM2-135M's 30 layers measured 0.58-0.70x the step time of all 30
+    # pass short: the top 15 of SmolLM2-135M's 30 layers measured 0.57x the step time of all 30 (median of 3)
     # (benchmarks/profile_step.py --lora-top-layers 15 against no flag, alternating runs).
     top_layers: int | None = Field(
-        None, ge=1, description="adapt only the last N transformer layers: faster steps, less capacity; default all"
+        None,
+        ge=1,
+        description="adapt only the last N layers (all if the model has fewer): faster steps, less capacity",
     )
 
 

@@ -34,13 +34,9 @@ def _prepare_lora(model, cfg: TrainConfig):
     lora = cfg.lora
     target, layers = lora.target_modules, None
     if lora.top_layers is not None:
+        # A slice, like layers[-top_layers:]: a task file written for a deep model still runs on a shallower one.
         n = model.config.get_text_config().num_hidden_layers
-        if lora.top_layers > n:
-            raise TaskTuneError(
-                f"lora.top_layers is {lora.top_layers} but {cfg.model} has {n} layers",
-                f"use a number from 1 to {n}, or leave lora.top_layers unset to adapt every layer",
-            )
-        layers = list(range(n - lora.top_layers, n))
+        layers = list(range(max(n - lora.top_layers, 0), n))
         if target == "all-linear":  # peft takes a layer subset only with module names: the ones all-linear means
             target = _linear_module_names(model)
     peft_cfg = LoraConfig(
