@@ -88,6 +88,18 @@ def test_lora_top_layers_adapts_only_the_last_layers_and_the_backward_stops_belo
         assert torch.equal(p, before[k]) != ("lora_" in k), f"{k}: adapters move, the base stays"
 
 
+def test_lora_top_layers_takes_all_linear_as_peft_does_conv1d_included():
+    # GPT-2's projections are transformers' Conv1D, not nn.Linear: "all-linear" must still find them in the top layer.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=64, eos_token_id=0, bos_token_id=0))
+    model = get_strategy("lora").prepare(model, TrainConfig(method="lora", lora={"top_layers": 1}))
+    adapted = {
+        n.split(".lora_A")[0].removeprefix("base_model.model.") for n, _ in model.named_parameters() if "lora_A" in n
+    }
+    assert adapted == {f"transformer.h.2.{m}" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+
+
 @pytest.mark.parametrize("ratio", [1.0, 4.0])
 def test_lora_plus_steps_the_b_matrices_at_ratio_times_the_learning_rate(tiny_model, task_dir, ratio):
     # At init B = 0, so A's gradient is zero and only B moves in the first step; Adam's first step moves every

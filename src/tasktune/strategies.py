@@ -37,8 +37,8 @@ def _prepare_lora(model, cfg: TrainConfig):
         # A slice, like layers[-top_layers:]: a task file written for a deep model still runs on a shallower one.
         n = model.config.get_text_config().num_hidden_layers
         layers = list(range(max(n - lora.top_layers, 0), n))
-        if target == "all-linear":  # peft takes a layer subset only with module names: the ones all-linear means
-            target = _linear_module_names(model)
+        if target == "all-linear":  # peft takes a layer subset only with module names: let peft name them
+            target = _all_linear_names(model)
     peft_cfg = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -55,14 +55,15 @@ def _prepare_lora(model, cfg: TrainConfig):
         ) from None
 
 
-def _linear_module_names(model) -> list[str]:
-    """Leaf names of the model's Linear layers but the output head: what peft's 'all-linear' adapts."""
-    import torch
+def _all_linear_names(model) -> list[str]:
+    """The modules peft's 'all-linear' adapts (Linear and Conv1D layers but the output head), by peft's own rule:
+    `get_peft_model` applies the same function when target_modules is the string."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
 
-    head = model.get_output_embeddings()
-    return sorted(
-        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
-    )
+    # Leaf names ("q_proj"): peft applies layers_to_transform to names matched by suffix, not to full paths.
+    names = _maybe_include_all_linear_layers(LoraConfig(target_modules="all-linear"), model).target_modules
+    return sorted({n.rsplit(".", 1)[-1] for n in names})
 
 
 def _prepare_full(model, cfg: TrainConfig):
