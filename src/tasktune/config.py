@@ -56,8 +56,8 @@ class LoraSettings(_Strict):
         description="LoRA+ (Hayou et al. 2024): the B matrices learn this many times faster than A; 1 = plain LoRA",
     )
     # Autograd stops at the lowest layer with a trainable weight, so adapting only the upper layers cuts the backward
-    # pass short: the top 15 of SmolLM2-135M's 30 layers measured 0.57x the step time of all 30 (median of 3)
-    # (benchmarks/profile_step.py --lora-top-layers 15 against no flag, alternating runs).
+    # pass short: the top 15 of SmolLM2-135M's 30 layers measured 0.57x the step time of all 30 (median of 3
+    # alternating runs of benchmarks/profile_step.py --lora-top-layers 15 against no flag).
     top_layers: int | None = Field(
         None,
         ge=1,
