@@ -5,6 +5,7 @@ supervised positions, batches of 4 generated bug reports. Prints tokens/s over 1
 table of operators by self CPU time over 5 more.
 
     python benchmarks/profile_step.py [--rows 160] [--batch-size 4] [--group-by-length] [--lora-top-layers N]
+                                      [--system-prompt TEXT]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--group-by-length", action="store_true")
     ap.add_argument("--lora-top-layers", type=int, help="adapt only the last N layers (default: all)")
+    ap.add_argument("--system-prompt", help="the rows' system turn (default: the chat template's own)")
     args = ap.parse_args()
     cfg = TrainConfig(
         method="lora", precision="bf16", batch_size=args.batch_size, lora={"top_layers": args.lora_top_layers}
@@ -39,7 +41,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         write_bug_reports(d, n=args.rows, n_eval=8, n_test=8)
         model, tok = load_base(resolve_model(cfg.model).path)
-        rows, _ = encode_rows(ChatFormat(tok), read_examples(f"{d}/train.jsonl"), None, cfg.max_length)
+        rows, _ = encode_rows(
+            ChatFormat(tok, args.system_prompt), read_examples(f"{d}/train.jsonl"), None, cfg.max_length
+        )
     frozen_linears_to_bf16(model)  # as train.train does for a frozen base under bf16
     model = get_strategy("lora").prepare(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]

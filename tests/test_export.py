@@ -15,11 +15,11 @@ from tasktune.predict import Predictor
 from tasktune.train import train
 
 
-def _train(task_dir, tiny_model, out, method: str, steps: int = 20):
+def _train(task_dir, tiny_model, out, method: str, steps: int = 20, **settings):
     task = load_task(task_dir / "task.yaml")
     lr = {"lora": 2e-2, "full": 3e-3, "prefix": 1e-2}[method]
     cfg = TrainConfig(model=str(tiny_model), method=method, max_steps=steps, batch_size=8, learning_rate=lr,
-                      precision="fp32")  # fmt: skip
+                      precision="fp32", **settings)  # fmt: skip
     train(task, cfg, out)
     return out
 
@@ -49,6 +49,34 @@ def test_lora_merge_export_passes_parity_and_loads_with_plain_transformers(task_
     assert report["parity_agreement"] == 1.0 and report["merged"] is True
     predicted = Predictor.from_run(run, precision="fp32").predict(["urgent the app crashes on login"])[0].output
     assert _plain_answer(out, "urgent the app crashes on login") == predicted
+
+
+def test_a_runs_system_prompt_reaches_predict_and_the_exported_template(task_dir, tiny_model, tmp_path):
+    """Trained with an empty system turn: tasktune's prompts and plain transformers' prompts on the exported folder
+    are the training prefix, without the template's default system prompt."""
+    from transformers import AutoTokenizer
+
+    from tasktune.data import read_examples
+    from tasktune.models import load_base
+    from tasktune.render import ChatFormat
+    from tasktune.train import encode_rows
+
+    run = _train(task_dir, tiny_model, tmp_path / "run", "lora", system_prompt="")
+    ex = read_examples(task_dir / "train.jsonl")[0]
+    _, base_tok = load_base(tiny_model)
+    (trained,), _ = encode_rows(ChatFormat(base_tok, ""), [ex], None, 1024)
+    prefix = trained.input_ids[: next(i for i, t in enumerate(trained.labels) if t != -100)]
+    predictor = Predictor.from_run(run, precision="fp32")
+    assert predictor.prompt_ids(ex) == prefix
+    assert "SmolLM" not in base_tok.decode(prefix)
+    assert len(prefix) < len(ChatFormat(base_tok).encode_prompt(ex.prompt_messages))
+
+    out = tmp_path / "exported"
+    export(run, out, merge=True)
+    plain = AutoTokenizer.from_pretrained(out).apply_chat_template(ex.prompt_messages, add_generation_prompt=True)
+    assert list(plain if isinstance(plain, list) else plain["input_ids"]) == prefix
+    text = "urgent the app crashes on login"
+    assert _plain_answer(out, text) == predictor.predict([text])[0].output
 
 
 def test_parity_check_catches_a_wrong_export_and_keeps_the_old_folder(task_dir, tiny_model, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tasktune.data import Example
@@ -103,3 +104,48 @@ def test_collate_shapes(tiny_tokenizer):
     assert batch["input_ids"].dtype == torch.long
     assert batch["input_ids"].shape[1] % PAD_MULTIPLE == 0  # few distinct shapes: see runtime.PAD_MULTIPLE
     assert batch["attention_mask"].sum(1).tolist() == [len(fmt.encode_example(ROW).input_ids)] * 3
+
+
+def test_system_prompt_takes_the_place_of_the_templates_default_and_a_conversations_own_wins(tiny_tokenizer):
+    before = tiny_tokenizer.chat_template
+    fmt = ChatFormat(tiny_tokenizer, system_prompt="")
+    assert fmt.prompt_text(ROW[:1]) == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nurgent the app crashes" \
+        "<|im_end|>\n<|im_start|>assistant\n"  # fmt: skip
+    default = ChatFormat(tiny_tokenizer).encode_prompt(ROW[:1])
+    assert len(fmt.encode_prompt(ROW[:1])) < len(default)
+    own = [{"role": "system", "content": "MINE"}, ROW[0]]
+    assert fmt.prompt_text(own) == ChatFormat(tiny_tokenizer).prompt_text(own)  # a client's own system turn stays
+    enc = fmt.encode_example(ROW)
+    prompt = fmt.encode_prompt(ROW[:1])
+    assert enc.input_ids[: len(prompt)] == prompt
+    assert next(i for i, t in enumerate(enc.labels) if t != IGNORE) == len(prompt)
+    assert fmt.prompt_text(fmt.with_instruction(ROW[:1], "RULES")).startswith("<|im_start|>system\nRULES<|im_end|>")
+    assert tiny_tokenizer.chat_template == before  # the shared tokenizer is not changed
+
+
+@pytest.mark.parametrize("text", ["", "Be brief.", 'say "hi" \\ {% raw %}{{ x }}%} \U0001f600 \u00fc\nline two'])
+def test_system_prompt_in_the_template_renders_exactly_that_text(tiny_tokenizer, text):
+    from tasktune.render import with_default_system
+
+    template = with_default_system(tiny_tokenizer.chat_template, text)
+    got = tiny_tokenizer.apply_chat_template(ROW[:1], chat_template=template, tokenize=False)
+    want = tiny_tokenizer.apply_chat_template([{"role": "system", "content": text}, *ROW[:1]], tokenize=False)
+    assert got == want
+    again = with_default_system(template, "other")  # tuning a tuned model replaces the default, never stacks it
+    assert again == with_default_system(tiny_tokenizer.chat_template, "other")
+
+
+def test_system_prompt_is_refused_for_a_template_without_a_system_role(tiny_model):
+    from transformers import AutoTokenizer
+
+    from tasktune.errors import TaskTuneError
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    with pytest.raises(TaskTuneError, match="no system role") as e:
+        ChatFormat(tok, system_prompt="")
+    assert "unset train.system_prompt" in e.value.hint

@@ -145,6 +145,7 @@ class CheckConfig:
     max_length: int = 1024  # rows longer than this are skipped by train
     method: str = "lora"  # sets the minimum row count
     instruction: str | None = None  # rendered in front of each row (task.train_with_instruction)
+    system_prompt: str | None = None  # the run's own system turn (train.system_prompt); None: the template's
     near_duplicate_threshold: float = 0.9  # Jaccard similarity on word shingles; templated data stays below ~0.6
     shingle_words: int = 5
     min_difference: float = 0.10  # the accuracy difference a held-out split must be able to resolve
@@ -154,7 +155,7 @@ class CheckConfig:
 
     @classmethod
     def for_training(cls, task: TaskConfig, cfg: TrainConfig) -> CheckConfig:
-        return cls(model=cfg.model, max_length=cfg.max_length, method=cfg.method,
+        return cls(model=cfg.model, max_length=cfg.max_length, method=cfg.method, system_prompt=cfg.system_prompt,
                    instruction=task.instruction if task.train_with_instruction else None)  # fmt: skip
 
 
@@ -278,7 +279,7 @@ class _SplitScan:
 class _Checker:
     def __init__(self, tok, cfg: CheckConfig, task: TaskConfig | None):
         self.tok = tok
-        self.fmt = ChatFormat(tok)
+        self.fmt = ChatFormat(tok, cfg.system_prompt)
         self.cfg = cfg
         self.kind = task.output.kind if task is not None else None  # None: decided by the first answer
         self.schema = _SchemaCheck.for_task(task)
@@ -628,7 +629,7 @@ class _Renderer:
         return self._real(messages)
 
     def _real(self, messages: list[dict]) -> tuple[str, str]:
-        return self.fmt.prompt_text(messages[:-1]), self.fmt.tok.apply_chat_template(messages, tokenize=False)
+        return self.fmt.prompt_text(messages[:-1]), self.fmt.full_text(messages)
 
     def _parts(self, roles: tuple[str, ...]) -> tuple[list[str], list[str]] | None:
         marks = [f"\u2063TT{i}\u2063" for i in range(len(roles))]
@@ -725,9 +726,7 @@ def _special_tokens(tok, fmt: ChatFormat) -> tuple[re.Pattern, re.Pattern | None
     specials = set(tok.all_special_tokens)
     specials |= {t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if getattr(t, "special", False)}
     specials.discard("")
-    sample = fmt.tok.apply_chat_template(
-        [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}], tokenize=False
-    )
+    sample = fmt.full_text([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}])
     control = {t for t in specials if t in sample} | {t for t in (tok.eos_token, tok.bos_token, tok.pad_token) if t}
     others = specials - control
 
@@ -895,10 +894,11 @@ def format_report(report: CheckReport, *, details: int = 3) -> str:
     return "\n".join(lines)
 
 
-def preview_rows(path: str | Path, tokenizer, n: int, *, instruction: str | None = None, color: bool = False) -> str:
+def preview_rows(path: str | Path, tokenizer, n: int, *, instruction: str | None = None,
+                 system_prompt: str | None = None, color: bool = False) -> str:  # fmt: skip
     """The first `n` rows as the model sees them in training, supervised tokens highlighted (green on a terminal,
     [[...]] otherwise)."""
-    fmt = ChatFormat(tokenizer)
+    fmt = ChatFormat(tokenizer, system_prompt)
     on, off = ("\x1b[1;32m", "\x1b[0m") if color else ("[[", "]]")
     out = []
     for line, item in iter_rows(path):

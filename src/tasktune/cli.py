@@ -178,6 +178,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         max_length=args.max_length or base.max_length,
         method=args.method or base.method,
         instruction=task.instruction if task is not None and task.train_with_instruction else None,
+        system_prompt=base.system_prompt,
     )
     if args.fix:
         check.check_fix_target(splits, args.fix)  # bad usage fails before the scan, not after
@@ -189,7 +190,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"\nmask preview: the first {args.show} row(s) of {first} as trained; supervised tokens "
               + ("in green" if color else "in [[...]]"))  # fmt: skip
         tokenizer = load_tokenizer(cfg.model)
-        print(check.preview_rows(first, tokenizer, args.show, instruction=cfg.instruction, color=color))
+        shown = check.preview_rows(first, tokenizer, args.show, instruction=cfg.instruction,
+                                   system_prompt=cfg.system_prompt, color=color)  # fmt: skip
+        print(shown)
     if args.json:
         atomic_write_json(args.json, report.to_dict())
         print(f"tasktune: report written to {args.json}")

@@ -117,7 +117,7 @@ def _training_row_lengths(task: TaskConfig, cfg: TrainConfig) -> list[int]:
     rows = read_examples(path)
     if task.data_path("eval") is None:
         rows, _ = _split_eval(rows, cfg.eval_split, cfg.seed)
-    fmt = ChatFormat(load_tokenizer(cfg.model))
+    fmt = ChatFormat(load_tokenizer(cfg.model), cfg.system_prompt)
     instruction = task.instruction if task.train_with_instruction else None
     kept, _ = encode_rows(fmt, rows, instruction, cfg.max_length)
     return [len(r.input_ids) for r in kept]

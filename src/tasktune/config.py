@@ -115,6 +115,12 @@ class TrainConfig(_Strict):
         description="NEFTune (Jain et al. 2023): uniform noise of scale alpha/sqrt(length*width) on the input"
         " embeddings while training, a regulariser against memorising phrasings (5 in the paper); off by default",
     )
+    system_prompt: str | None = Field(
+        None,
+        description="system turn for rows and requests that bring none, trained on and saved in the run's chat"
+        " template (so predict, serve, export and outside clients send it too); unset: the template's own default"
+        " (SmolLM2's costs 16 tokens a row: 'You are a helpful AI assistant named SmolLM...'); '' for an empty one",
+    )
     seed: int = Field(0, description="seed for init, shuffling and dropout")
     max_length: int = Field(1024, ge=8, description="longest row in tokens; longer rows are skipped, never truncated")
     eval_every: int = Field(50, ge=1, description="steps between eval-loss measurements")

@@ -7,10 +7,16 @@ with the pad id: SmolLM2's pad token *is* its EOS, and masking "pad" there would
 
 Inference builds its prompt with `encode_prompt`, the very function that builds the training prefix, so the two are
 the same tokens up to the answer (tests/test_render.py proves it).
+
+A run may set its own system prompt (`train.system_prompt`) in place of the template's default. It is written into
+the chat template itself (`with_default_system`), and the run saves that template with its tokenizer, so every client
+that renders the template (tasktune predict and serve, an exported model under transformers or vLLM) sends the prompt
+the model was trained on.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from tasktune.errors import TaskTuneError
@@ -55,22 +61,62 @@ def instruction_in_front(messages: list[dict], instruction: str | None, system_o
     return messages
 
 
-class ChatFormat:
-    """Renders messages for one tokenizer; knows which token ends an assistant turn."""
+# Put in front of a template by `with_default_system`; jinja's `if` opens no scope, so the `set` reaches the template.
+_SYSTEM_HEAD = "{#- tasktune: default system prompt -#}\n"
+_SYSTEM_SET = (
+    "{%- if not messages or messages[0]['role'] != 'system' %}"
+    "{%- set messages = [{'role': 'system', 'content': SYSTEM}] + messages %}{%- endif %}\n"
+)
 
-    def __init__(self, tokenizer):
+
+def with_default_system(template: str, system_prompt: str) -> str:
+    """`template` with `system_prompt` as the system turn of every conversation that brings none (one that does
+    keeps its own). Replaces an earlier default set this way, so tuning a tuned model does not stack them."""
+    if template.startswith(_SYSTEM_HEAD):
+        template = template.split("\n", 2)[2]
+    # A JSON string is a valid jinja string literal (jinja decodes its escapes as Python's unicode-escape does).
+    return _SYSTEM_HEAD + _SYSTEM_SET.replace("SYSTEM", json.dumps(system_prompt, ensure_ascii=False)) + template
+
+
+class ChatFormat:
+    """Renders messages for one tokenizer; knows which token ends an assistant turn.
+
+    `system_prompt` (None: the template's own default) becomes the system turn of conversations that have none; the
+    template that does it is `self.template` (train saves it with the run's tokenizer). The tokenizer is not changed."""
+
+    def __init__(self, tokenizer, system_prompt: str | None = None):
         self.tok = tokenizer
-        if not getattr(tokenizer, "chat_template", None):
-            tokenizer.chat_template = FALLBACK_TEMPLATE
+        self.template = getattr(tokenizer, "chat_template", None) or FALLBACK_TEMPLATE
         self.end_text, self.end_ids = self._find_turn_end()
         self.stop_ids = sorted(
             {self.end_ids[-1], *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
         )
         self.system_ok = self._supports_system()
+        if system_prompt is not None:
+            self._set_system_prompt(system_prompt)
+
+    def _set_system_prompt(self, system_prompt: str) -> None:
+        if not self.system_ok:
+            raise TaskTuneError(
+                "system_prompt is set, but this model's chat template has no system role",
+                "unset train.system_prompt (or --system-prompt) for this model",
+            )
+        probe = [{"role": "user", "content": "x"}]
+        want = self._render([{"role": "system", "content": system_prompt}, *probe], True)
+        self.template = with_default_system(self.template, system_prompt)
+        got = self._render(probe, True)
+        if got != want:  # a template that reads the conversation other than through `messages`
+            raise TaskTuneError(
+                f"this model's chat template does not take a default system prompt (renders {got!r},"
+                f" expected {want!r})",
+                "unset train.system_prompt (or --system-prompt) for this model",
+            )
 
     # --- template probing -------------------------------------------------------------------------------------------
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.tok.apply_chat_template(
+            messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def _find_turn_end(self) -> tuple[str, list[int]]:
         """The text and tokens the template puts right after an assistant answer, up to its first special token."""
@@ -107,6 +153,10 @@ class ChatFormat:
 
     def prompt_text(self, prompt_messages: list[dict]) -> str:
         return self._render(prompt_messages, True)
+
+    def full_text(self, messages: list[dict]) -> str:
+        """The whole conversation as the template renders it, answers included."""
+        return self._render(messages, False)
 
     def encode_prompt(self, prompt_messages: list[dict]) -> list[int]:
         """Token ids that inference sends: the rendered conversation up to the start of the answer."""

@@ -469,7 +469,10 @@ def train(
     ref = resolve_model(cfg.model)
     set_seed(cfg.seed)
     model, tok = load_base(ref.path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    fmt = ChatFormat(tok)
+    fmt = ChatFormat(tok, cfg.system_prompt)
+    # The run's tokenizer is saved with the template its rows were rendered with (a system_prompt is part of it), so
+    # predict, serve, export and any outside client that applies the template build the prompts of training.
+    tok.chat_template = fmt.template
     instruction = task.instruction if task.train_with_instruction else None
     train_rows, skipped = encode_rows(fmt, rows, instruction, cfg.max_length)
     if not train_rows:
