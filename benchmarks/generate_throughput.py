@@ -1,11 +1,13 @@
 """Generation throughput: tasktune's batched greedy generation against plain `generate()` called per example.
 
-Both paths run the same model object (the bundled SmolLM2-135M-Instruct, bf16 weights as `tasktune eval` loads
-them) on the same prompts (generated bug reports, bare input), greedy, with the same stop tokens and answer cap.
+Both paths run the same model object (the bundled SmolLM2-135M-Instruct, with bf16 or fp32 weights as `tasktune
+eval` picks them for this CPU, or as `--precision` says) on the same prompts (generated bug reports, bare input),
+greedy, with the same stop tokens and answer cap.
 Prints generated tokens/s and mean latency per request for tasktune at each batch size and for the plain loop, and
 the ratios.
 
     python benchmarks/generate_throughput.py [--n 32] [--batch-sizes 1,8,32] [--max-new-tokens 64] [--json out.json]
+                                             [--precision auto|bf16|fp32]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     args = ap.parse_args()
 
     from tasktune.data import read_examples
@@ -46,9 +49,13 @@ def main() -> None:
     from tasktune.generate import generate
     from tasktune.models import load_base, resolve_model
     from tasktune.render import ChatFormat
+    from tasktune.runtime import resolve_precision
 
     model, tok = load_base(resolve_model("smollm2-135m-instruct").path)
-    model = model.to(torch.bfloat16).eval()
+    precision = resolve_precision(args.precision)
+    if precision == "bf16":
+        model = model.to(torch.bfloat16)
+    model.eval()
     fmt = ChatFormat(tok)
     with tempfile.TemporaryDirectory() as tmp:
         write_bug_reports(tmp, n=8, n_eval=4, n_test=args.n)
@@ -71,7 +78,8 @@ def main() -> None:
                                              "seconds": seconds}  # fmt: skip
 
     plain = results["plain_generate_per_example"]["tokens_per_s"]
-    print(f"{len(prompts)} prompts, answers capped at {args.max_new_tokens} tokens, {torch.get_num_threads()} threads")
+    print(f"{len(prompts)} prompts, answers capped at {args.max_new_tokens} tokens, {precision},"
+          f" {torch.get_num_threads()} threads")  # fmt: skip
     print(f"{'path':<28} {'tok/s':>7} {'latency ms':>10} {'vs plain':>8}")
     for name, r in results.items():
         r["ratio_vs_plain"] = r["tokens_per_s"] / plain
@@ -79,7 +87,10 @@ def main() -> None:
     if args.json:
         from tasktune.fsio import atomic_write_json
 
-        atomic_write_json(args.json, {"n": len(prompts), "max_new_tokens": args.max_new_tokens, "results": results})
+        atomic_write_json(
+            args.json,
+            {"n": len(prompts), "max_new_tokens": args.max_new_tokens, "precision": precision, "results": results},
+        )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Where a LoRA training step's time goes: torch.profiler over a few steps, set up as tasktune trains.
 
-Frozen Linear weights in bf16, bf16 autocast, LoRA r=16 on all linear layers, the output projection only at
-supervised positions, batches of 4 generated bug reports. Prints tokens/s over 10 timed steps, then the profiler's
-table of operators by self CPU time over 5 more.
+Frozen Linear weights in bf16 and bf16 autocast (or all fp32 with `--precision fp32`), LoRA r=16 on all linear
+layers, the output projection only at supervised positions, batches of 4 generated bug reports. Prints tokens/s
+over 10 timed steps, then the profiler's table of operators by self CPU time over 5 more.
 
     python benchmarks/profile_step.py [--rows 160] [--batch-size 4] [--group-by-length] [--lora-top-layers N]
-                                      [--system-prompt TEXT]
+                                      [--system-prompt TEXT] [--precision bf16|fp32]
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ def main() -> None:
     ap.add_argument("--group-by-length", action="store_true")
     ap.add_argument("--lora-top-layers", type=int, help="adapt only the last N layers (default: all)")
     ap.add_argument("--system-prompt", help="the rows' system turn (default: the chat template's own)")
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     args = ap.parse_args()
+    bf16 = args.precision == "bf16"
     cfg = TrainConfig(
-        method="lora", precision="bf16", batch_size=args.batch_size, lora={"top_layers": args.lora_top_layers}
+        method="lora", precision=args.precision, batch_size=args.batch_size, lora={"top_layers": args.lora_top_layers}
     )
     with tempfile.TemporaryDirectory() as d:
         write_bug_reports(d, n=args.rows, n_eval=8, n_test=8)
@@ -44,7 +46,8 @@ def main() -> None:
         rows, _ = encode_rows(
             ChatFormat(tok, args.system_prompt), read_examples(f"{d}/train.jsonl"), None, cfg.max_length
         )
-    frozen_linears_to_bf16(model)  # as train.train does for a frozen base under bf16
+    if bf16:
+        frozen_linears_to_bf16(model)  # as train.train does for a frozen base under bf16
     model = get_strategy("lora").prepare(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, cfg)  # AdamW at the lora default 2e-4, as train.fit builds it
@@ -58,7 +61,7 @@ def main() -> None:
 
     def step(indices: list[int]) -> tuple[int, int]:
         batch = collate([rows[j] for j in indices], tok.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss_sum, n = token_loss(model, batch)
         (loss_sum / n).backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

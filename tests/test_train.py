@@ -355,3 +355,19 @@ def test_bf16_lora_run_keeps_frozen_matmuls_in_bf16_and_the_rest_in_fp32(tiny_mo
     assert all(seen[n] == torch.float32 for n in trainable)
     assert any(d == torch.bfloat16 for n, d in seen.items() if n.endswith("q_proj.base_layer.weight"))
     assert all(d == torch.float32 for n, d in seen.items() if "embed_tokens" in n or "norm" in n)
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"),
+    [(True, True, "bf16"), (False, True, "fp32"), (False, False, "fp32")],
+)
+def test_auto_precision_is_bf16_only_on_cpus_with_amx(monkeypatch, amx, avx512_bf16, expected):
+    """AVX512-BF16 without AMX trains 1.63x slower in bf16 than in fp32 (see runtime.bf16_supported)."""
+    from tasktune import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: avx512_bf16)
+    assert runtime.resolve_precision("auto") == expected
+    assert runtime.mixed_precision_flag("auto") == ("bf16" if expected == "bf16" else "no")
+    assert runtime.resolve_precision("bf16") == "bf16" and runtime.resolve_precision("fp32") == "fp32"
