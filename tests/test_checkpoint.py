@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -114,8 +115,9 @@ def test_signal_finishes_the_step_saves_and_says_how_to_resume(tiny_model, task_
 
 
 def _short_run(tiny_model, task_dir, out, **settings):
-    cfg = TrainConfig(model=str(tiny_model), max_steps=6, batch_size=4, learning_rate=5e-3, precision="fp32",
-                      save_every=2, keep_checkpoints=3, **settings)  # fmt: skip
+    settings = {"precision": "fp32"} | settings
+    cfg = TrainConfig(model=str(tiny_model), max_steps=6, batch_size=4, learning_rate=5e-3, save_every=2,
+                      keep_checkpoints=3, **settings)  # fmt: skip
     return train(load_task(task_dir / "task.yaml"), cfg, out)
 
 
@@ -138,6 +140,25 @@ def test_damaged_checkpoint_is_reported_and_skipped_for_the_one_before(tiny_mode
     assert (run / "checkpoints" / "step-00000006.damaged").is_dir() and not stale.exists()
     _assert_same_weights(_adapter(run), final)  # steps 5-6 retrained from step 4 give the same weights
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_keeps_the_precision_auto_chose_when_the_run_started(tiny_model, task_dir, tmp_path, monkeypatch):
+    """A run started where 'auto' means fp32, resumed where it would mean bf16 (another machine), ends with the
+    weights of the uninterrupted fp32 run."""
+    import shutil
+
+    from tasktune import runtime
+
+    monkeypatch.setattr(runtime, "bf16_supported", lambda: False)
+    run = tmp_path / "run"
+    _short_run(tiny_model, task_dir, run, precision="auto")
+    final = _adapter(run)
+    shutil.rmtree(run / "checkpoints" / "step-00000006")
+    monkeypatch.setattr(runtime, "bf16_supported", lambda: True)
+    assert runtime.resolve_precision("auto") == "bf16"
+    resume_run(run)
+    _assert_same_weights(_adapter(run), final)
+    assert json.loads((run / "env.json").read_text())["precision"] == "fp32"
 
 
 def test_checkpoint_with_a_changed_byte_or_no_state_is_not_used(tiny_model, task_dir, tmp_path):

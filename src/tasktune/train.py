@@ -574,6 +574,10 @@ def resume_run(run: str | Path, overrides: dict | None = None, **kwargs) -> Trai
                 f"the {split} data {info['path']} is missing or changed since the run started",
                 "restore the file the run was trained on, or start a new run",
             )
+    if cfg.precision == "auto" and env.get("precision") in ("bf16", "fp32"):
+        # 'auto' was resolved on the machine that started the run; a resumed run keeps that choice on any machine,
+        # since bf16 and fp32 steps give different weights.
+        cfg = cfg.model_copy(update={"precision": env["precision"]})
     return train(task, cfg, run, resume=True, **kwargs)
 
 
