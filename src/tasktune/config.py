@@ -126,7 +126,7 @@ class TrainConfig(_Strict):
     eval_every: int = Field(50, ge=1, description="steps between eval-loss measurements")
     eval_split: float = Field(0.1, ge=0, lt=1, description="share of train held out for eval loss when no eval file")
     eval_max_rows: int = Field(256, ge=1, description="eval rows used for eval loss during training")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPUs, AMX CPUs")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPUs and AMX CPUs, else fp32")
     log_every: int = Field(1, ge=1, description="steps between metric lines")
     supervised_logits_only: bool = Field(
         True, description="project to the vocabulary only at supervised positions (same loss, less compute)"
