@@ -371,3 +371,5 @@ def test_auto_precision_is_bf16_only_on_cpus_with_amx(monkeypatch, amx, avx512_b
     assert runtime.resolve_precision("auto") == expected
     assert runtime.mixed_precision_flag("auto") == ("bf16" if expected == "bf16" else "no")
     assert runtime.resolve_precision("bf16") == "bf16" and runtime.resolve_precision("fp32") == "fp32"
+    assert runtime.describe_precision("auto").startswith(f"{expected} (auto: this CPU has {'AMX' if amx else 'no AMX'}")
+    assert runtime.describe_precision("fp32") == "fp32"

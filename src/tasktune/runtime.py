@@ -32,6 +32,17 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+def describe_precision(precision: str) -> str:
+    """The resolved precision, and for 'auto' why (printed when training starts)."""
+    resolved = resolve_precision(precision)
+    if precision != "auto":
+        return resolved
+    if torch.cuda.is_available():
+        return f"{resolved} (auto: {'a GPU with' if resolved == 'bf16' else 'a GPU without'} bf16)"
+    why = "this CPU has AMX" if resolved == "bf16" else "this CPU has no AMX tiles, and fp32 is faster there"
+    return f"{resolved} (auto: {why}; set --precision to choose)"
+
+
 def mixed_precision_flag(precision: str) -> str:
     return "bf16" if resolve_precision(precision) == "bf16" else "no"
 

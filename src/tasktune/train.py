@@ -36,7 +36,14 @@ from tasktune.fsio import atomic_dir, ensure_writable_dir
 from tasktune.models import load_base, load_tokenizer, resolve_model
 from tasktune.render import IGNORE, ChatFormat, Encoded
 from tasktune.rundir import MetricsLog, RunInfo, write_config, write_env
-from tasktune.runtime import PAD_MULTIPLE, make_accelerator, padded_width, progress_enabled, resolve_precision
+from tasktune.runtime import (
+    PAD_MULTIPLE,
+    describe_precision,
+    make_accelerator,
+    padded_width,
+    progress_enabled,
+    resolve_precision,
+)
 from tasktune.strategies import count_parameters, get_strategy, save_trained
 
 
@@ -502,7 +509,7 @@ def train(
         world = accelerator.num_processes
         print(
             f"tasktune: {cfg.method} on {cfg.model}: {trainable:,} of {total:,} parameters trainable;"
-            f" {len(train_rows)} training rows, {len(eval_rows)} eval rows, {precision}\n"
+            f" {len(train_rows)} training rows, {len(eval_rows)} eval rows, {describe_precision(cfg.precision)}\n"
             f"tasktune: effective batch {cfg.batch_size * cfg.grad_accum * world} rows per step"
             f" ({cfg.batch_size} per micro-batch x {cfg.grad_accum} accumulated x {world} process(es))"
         )
