@@ -49,12 +49,10 @@ def main() -> None:
     from tasktune.generate import generate
     from tasktune.models import load_base, resolve_model
     from tasktune.render import ChatFormat
-    from tasktune.runtime import resolve_precision
+    from tasktune.runtime import cast_for_inference
 
     model, tok = load_base(resolve_model("smollm2-135m-instruct").path)
-    precision = resolve_precision(args.precision)
-    if precision == "bf16":
-        model = model.to(torch.bfloat16)
+    precision = cast_for_inference(model, args.precision)  # as tasktune eval does
     model.eval()
     fmt = ChatFormat(tok)
     with tempfile.TemporaryDirectory() as tmp:

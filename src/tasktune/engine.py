@@ -31,7 +31,7 @@ import torch
 from tasktune.errors import TaskTuneError
 from tasktune.render import ChatFormat
 from tasktune.rundir import RunInfo
-from tasktune.runtime import resolve_precision
+from tasktune.runtime import cast_for_inference
 
 
 @dataclass
@@ -302,14 +302,6 @@ def _context(model, extra_positions: int = 0) -> int:
     return int(n) - extra_positions
 
 
-def _cast(model, precision: str):
-    # As in Predictor: bf16 weights where the CPU is fast at bf16 (autocast per decoding step costs more than a 135M
-    # model's matmuls). LoRA adapters are cast too: inference only reads them.
-    if resolve_precision(precision) == "bf16":
-        model.to(torch.bfloat16)
-    return model.eval()
-
-
 def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callable[[str], None] = print) -> dict:
     """Load every run once; LoRA runs on the same base become adapters of one shared model. Returns name → Served."""
     from peft import PeftModel
@@ -365,7 +357,8 @@ def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callab
                 base=base_model_name(info),
                 run=str(runs[name]),
             )
-        _cast(shared, precision)
+        cast_for_inference(shared, precision)
+        shared.eval()
         base_name = base_model_name(infos[names[0]])
         if base_name in served or base_name in runs:
             raise TaskTuneError(

@@ -43,6 +43,16 @@ def describe_precision(precision: str) -> str:
     return f"{resolved} (auto: {why}; set --precision to choose)"
 
 
+def cast_for_inference(model, precision: str) -> str:
+    """Store `model`'s weights in bf16 where `precision` resolves to bf16 (in place; LoRA adapters too, inference
+    only reads them) and return the resolved precision. Casting fp32 weights under autocast on every decoding step
+    costs more than the matmuls of a 135M model (measured: generation 2x slower)."""
+    resolved = resolve_precision(precision)
+    if resolved == "bf16":
+        model.to(torch.bfloat16)
+    return resolved
+
+
 def mixed_precision_flag(precision: str) -> str:
     return "bf16" if resolve_precision(precision) == "bf16" else "no"
 
