@@ -12,10 +12,11 @@ def bf16_supported() -> bool:
 
     AVX512-BF16 alone is not enough. On a 2-core Xeon (family 6, model 207) whose hypervisor hides AMX, oneDNN's
     avx512_core_bf16 kernel ran a 690x576 by 576x1536 product at 164 GFLOP/s against fp32's 307, a LoRA training step
-    at 267 tokens/s against 440, and batched generation 0.86x as fast (`benchmarks/profile_step.py --precision`,
-    `benchmarks/generate_throughput.py --precision`). With AMX, LoRA training ran at 460 tokens/s in bf16 against
-    397 in fp32 (README, Performance). The rule reads CPU flags, not a timing, so one machine always makes the same
-    choice (and a resumed run continues in the precision it started with).
+    at 267 tokens/s against 440, and generation 0.93x (batch 16) and 0.86x (one at a time) as fast
+    (`benchmarks/profile_step.py --precision`, `benchmarks/generate_throughput.py --precision`). With AMX, LoRA
+    training ran at 460 tokens/s in bf16 against 397 in fp32 (README, Performance). The rule reads CPU flags, not a
+    timing, so one machine always makes the same choice (and a resumed run continues in the precision it started
+    with).
     """
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
