@@ -44,7 +44,7 @@ def runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
     for name, kind in (("json", "json"), ("kv", "text")):
         task = TaskConfig(name=name, output={"kind": kind}, data={"train": str(root / f"{name}.jsonl")})
         cfg = TrainConfig(model=str(tiny_model), method="lora", max_steps=40, batch_size=8, learning_rate=2e-2,
-                          precision="fp32", eval_split=0.1, lora={"r": 8, "alpha": 16})  # fmt: skip
+                          precision="fp32", eval_split=0.1, lora={"r": 8, "alpha": 16}, recipe="off")  # fmt: skip
         out[name] = root / f"fmt-{name}"
         train(task, cfg, out[name])
     return out

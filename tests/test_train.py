@@ -280,6 +280,7 @@ def _seeded_run(tiny_model, task_dir, out, **overrides):
         precision="fp32",
         seed=3,
         eval_every=3,
+        recipe="off",  # the loop's own trajectory, pinned: LoRA+ and the other recipe choices are tested elsewhere
         **overrides,
     )
     result = train(task, cfg, out)

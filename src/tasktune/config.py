@@ -121,6 +121,31 @@ class TrainConfig(_Strict):
         " template (so predict, serve, export and outside clients send it too); unset: the template's own default"
         " (SmolLM2's costs 16 tokens a row: 'You are a helpful AI assistant named SmolLM...'); '' for an empty one",
     )
+    recipe: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: settings left unset are chosen from the data and printed with their reasons at the start"
+        " (see docs/training.md); off: the plain defaults below",
+    )
+    time_budget: str | None = Field(
+        None,
+        description="wall-clock limit of the training loop, like 20m, 1h or 90s: steps are planned from the"
+        " throughput of the first steps, and the run ends with its best checkpoint when the time is spent",
+    )
+    validate_every: int | None = Field(
+        None,
+        ge=0,
+        description="steps between validations by the task's own metric on held-out rows (default: 8 per run;"
+        " 0: never, and the last step's weights are kept)",
+    )
+    validate_rows: int = Field(64, ge=1, description="held-out rows answered and scored at each validation")
+    patience: int = Field(
+        3, ge=0, description="validations without a better score before the run stops early (0: never stop early)"
+    )
+    report_to: list[Literal["tensorboard", "trackio", "mlflow", "wandb", "comet_ml", "aim", "clearml"]] = Field(
+        default_factory=list,
+        description="experiment trackers that get the metrics (through accelerate; the tracker's package must be"
+        " installed), e.g. tensorboard",
+    )
     seed: int = Field(0, description="seed for init, shuffling and dropout")
     max_length: int = Field(1024, ge=8, description="longest row in tokens; longer rows are skipped, never truncated")
     eval_every: int = Field(50, ge=1, description="steps between eval-loss measurements")
@@ -135,6 +160,17 @@ class TrainConfig(_Strict):
         200, ge=0, description="steps between checkpoints (0: only at the end and on SIGINT/SIGTERM)"
     )
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept; older ones are deleted")
+
+    @field_validator("time_budget")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        from tasktune.durations import budget_seconds
+
+        try:
+            budget_seconds(value)
+        except ConfigError as e:
+            raise ValueError(f"{e.message}; {e.hint}") from None
+        return value
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
@@ -249,11 +285,12 @@ def load_task(path: str | Path) -> TaskConfig:
 
 def merge_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str = "command line") -> TrainConfig:
     """Apply CLI overrides (dotted keys like `lora.r`) and validate the result once."""
-    data = cfg.model_dump()
+    # Only the settings that were given travel, so the recipe (tasktune.recipe) can tell them from the defaults.
+    data = cfg.model_dump(exclude_unset=True)
     for key, value in overrides.items():
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
-            node = node[p]
+            node = node.setdefault(p, {})
         node[parts[-1]] = value
     return build(TrainConfig, data, source)

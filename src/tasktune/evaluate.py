@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from tasktune.config import TaskConfig
 from tasktune.data import Example, read_examples
 from tasktune.errors import TaskTuneError
-from tasktune.metrics import diff, example_score, json_metrics, text_metrics
+from tasktune.metrics import diff, example_score, json_metrics, main_metric_name, text_metrics
 from tasktune.predict import Prediction, Predictor
 from tasktune.task_metrics import METRICS, compute
 
@@ -96,7 +96,7 @@ def evaluate(predictor: Predictor, examples: list[Example], task: TaskConfig, *,
         seconds=seconds,
         worst=worst,
         predictions=[_pred_row(ex, p) for ex, p in zip(examples, preds, strict=True)],
-        main=_main_metric(task, metrics),
+        main=_main_metric(task, metrics, refs),
     )
 
 
@@ -105,10 +105,11 @@ def _meta(ex: Example) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _main_metric(task: TaskConfig, metrics: dict) -> str | None:
-    """The task's `metric` when it is one that was computed and higher is better (compare ranks by it)."""
-    name = task.metric
-    if name is None or metrics.get(name) is None:
+def _main_metric(task: TaskConfig, metrics: dict, refs: list[str]) -> str | None:
+    """The metric the task is judged by (metrics.main_metric_name: exact match for labels, say) when it was
+    computed and higher is better (compare ranks by it)."""
+    name = main_metric_name(task, refs)
+    if metrics.get(name) is None:
         return None
     return name if name not in METRICS or METRICS[name].higher_is_better else None
 

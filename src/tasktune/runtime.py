@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -62,8 +63,9 @@ def progress_enabled() -> bool:
     return os.environ.get("TASKTUNE_NO_PROGRESS", "") in ("", "0")
 
 
-def make_accelerator(precision: str):
-    """An Accelerator for this run's precision.
+def make_accelerator(precision: str, log_with: list[str] | None = None, project_dir: str | Path | None = None):
+    """An Accelerator for this run's precision; `log_with`: accelerate's experiment trackers (tensorboard, ...),
+    writing under `project_dir`.
 
     accelerate keeps its state in a process-wide singleton and refuses a second Accelerator with another precision;
     a library that trains several runs in one process (compare, tests) must reset that part of the state first. The
@@ -73,7 +75,8 @@ def make_accelerator(precision: str):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision_flag(precision), cpu=not torch.cuda.is_available())
+    trackers = {"log_with": list(log_with), "project_dir": str(project_dir)} if log_with else {}
+    return Accelerator(mixed_precision=mixed_precision_flag(precision), cpu=not torch.cuda.is_available(), **trackers)
 
 
 # Batch widths are rounded up to a multiple of this. On CPU each new (batch, width) shape grows per-shape caches

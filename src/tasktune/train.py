@@ -13,7 +13,8 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,9 +32,11 @@ from tasktune.checkpoint import (
 from tasktune.config import TaskConfig, TrainConfig
 from tasktune.data import Example, read_examples
 from tasktune.distributed import check_engine, quiet_unless_main
+from tasktune.durations import budget_seconds
 from tasktune.errors import ConfigError, DataError, TaskTuneError
-from tasktune.fsio import atomic_dir, ensure_writable_dir
+from tasktune.fsio import atomic_dir, atomic_write_json, ensure_writable_dir
 from tasktune.models import load_base, load_tokenizer, resolve_model
+from tasktune.recipe import DataFacts, choose_recipe
 from tasktune.render import IGNORE, ChatFormat, Encoded
 from tasktune.rundir import MetricsLog, RunInfo, write_config, write_env
 from tasktune.runtime import (
@@ -45,6 +48,9 @@ from tasktune.runtime import (
     resolve_precision,
 )
 from tasktune.strategies import count_parameters, get_strategy, save_trained
+from tasktune.validation import BestWeights, Validator
+
+VALIDATIONS_PER_RUN = 8  # validations by the task's metric in a run whose validate_every is left to the default
 
 
 @dataclass
@@ -63,6 +69,12 @@ class TrainResult:
     skipped_rows: int
     trainable_params: int
     total_params: int
+    metric: str | None = None  # the task metric that selected the weights (None: validation was off)
+    best_metric: float | None = None
+    best_step: int | None = None
+    stopped_early: bool = False  # ended before its planned steps: no longer improving, out of time, or pruned
+    planned_steps: int | None = None
+    recipe: dict = field(default_factory=dict)  # what the recipe chose from the data, and why
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -270,6 +282,38 @@ def neftune(model, alpha: float | None, accelerator):
         deactivate_neftune(model, handle, accelerator)
 
 
+def cosine_schedule(optimizer, cfg: TrainConfig, total_steps: int, done: int = 0):
+    """Linear warm-up over `warmup_ratio` of the steps, then cosine decay to zero at `total_steps`; `done`: steps
+    already taken (a time budget re-plans the total after the first steps, a resumed run continues)."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(
+        optimizer, int(cfg.warmup_ratio * total_steps), total_steps, last_epoch=done - 1
+    )
+
+
+@dataclass
+class Budget:
+    """A wall-clock limit on the loop: after PROBE steps the total is re-planned from the measured seconds per step
+    (the first step is left out: it builds kernels and caches), and no step starts that would end past the limit."""
+
+    seconds: float | None
+    PROBE = 6
+    per_step: float | None = None
+
+    def replan(self, step: int, start: int, since_probe: float, elapsed: float, planned: int) -> int | None:
+        """The new total at the end of the probe (None if nothing changes)."""
+        if self.seconds is None or step != start + self.PROBE:
+            return None
+        self.per_step = since_probe / (self.PROBE - 1)
+        # Validations and saving take their share of the budget: keep 15% of what is left for them.
+        fits = step + int(0.85 * (self.seconds - elapsed) / self.per_step)
+        return max(step, min(planned, fits))
+
+    def out_of_time(self, elapsed: float) -> bool:
+        return self.seconds is not None and self.per_step is not None and elapsed + self.per_step > self.seconds
+
+
 def fit(
     model,
     train_rows: list[Encoded],
@@ -279,22 +323,30 @@ def fit(
     pad_id: int,
     log: MetricsLog,
     ckpt: Checkpointing | None = None,
+    validator: Validator | None = None,
+    best: BestWeights | None = None,
+    on_validation: Callable[[int, float], bool] | None = None,
 ) -> dict:
     """Train `model` in place; returns the final figures. Metrics go to `log` (main process only).
 
     With `ckpt`, checkpoints are written as it says (and resumed from `ckpt.resume_from`); SIGINT/SIGTERM stop the loop
-    after the current step, with a checkpoint, by raising TrainingStopped."""
-    from transformers import get_cosine_schedule_with_warmup
-
+    after the current step, with a checkpoint, by raising TrainingStopped. With `validator`, the task's own metric is
+    measured every `validate_every` steps; the best-scoring weights are restored at the end (kept in `best`), and the
+    run stops after `patience` validations without improvement, or when `on_validation(step, score)` returns True.
+    `cfg.time_budget` bounds the wall-clock time of the loop (class Budget)."""
     world, rank = accelerator.num_processes, accelerator.process_index
-    total_steps = plan_steps(len(train_rows), cfg, world)
     prepended = get_strategy(cfg.method).prepended_tokens(cfg)
     optimizer = make_optimizer(model, cfg)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    total_steps = plan_steps(len(train_rows), cfg, world)
+    scheduler = cosine_schedule(optimizer, cfg, total_steps)
     resume = ckpt and ckpt.resume_from and load_checkpoint(ckpt.resume_from, model, optimizer, scheduler, accelerator)
     start = resume.step if resume else 0
-    if start >= total_steps:
-        raise TaskTuneError(f"the run already finished all {total_steps} steps", "to train more, start a new run")
+    totals = resume.figures if resume else {}  # a resumed run carries on its totals
+    if totals.get("planned_steps", total_steps) != total_steps:  # a time budget had re-planned the run
+        total_steps = totals["planned_steps"]
+        scheduler = cosine_schedule(optimizer, cfg, total_steps, done=start)
+    if start >= total_steps or totals.get("stopped_early"):
+        raise TaskTuneError(f"the run already finished ({start} steps)", "to train more, start a new run")
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # prepare may replace them (FSDP2 shards them)
     micro_batches = iter_micro_batches(
@@ -310,14 +362,21 @@ def fit(
         unit="step",
         disable=not (accelerator.is_main_process and progress_enabled()),
     )
-    totals = resume.figures if resume else {}  # a resumed run carries on its totals
+    budget = Budget(budget_seconds(cfg.time_budget))
     t0 = time.perf_counter() - totals.get("seconds", 0.0)
     eval_seconds = totals.get("eval_seconds", 0.0)  # kept out of the throughput figures
     seen_tokens, seen_sup = totals.get("seen_tokens", 0), totals.get("seen_sup", 0)
     train_loss, eval_loss, best_eval = totals.get("train_loss"), totals.get("eval_loss"), totals.get("best_eval")
+    best_score, best_step, stale = totals.get("best_score"), totals.get("best_step"), totals.get("stale", 0)
+    if validator and best is not None and best_step is not None and not best.load():
+        best_score, best_step = None, None  # the best weights' file is gone: select again from here on
+    validate_every = cfg.validate_every if cfg.validate_every is not None else _default_validate_every(total_steps)
+    stop_early, step, t_probe = False, start, time.perf_counter()
     model.train()
     with StopOnSignal() as stop, neftune(model, cfg.neftune_noise_alpha, accelerator):
         for step in range(start + 1, total_steps + 1):
+            if step == start + 2:
+                t_probe = time.perf_counter()
             window = [next(micro_batches) for _ in range(cfg.grad_accum)]
             epoch, index, _ = window[-1]
             batches = [{k: v.to(accelerator.device) for k, v in b.items()} for _, _, b in window]
@@ -346,6 +405,18 @@ def fit(
             seen_tokens += int(reduced[1])
             seen_sup += window_sup
             elapsed = time.perf_counter() - t0 - eval_seconds
+            replanned = budget.replan(step, start, time.perf_counter() - t_probe, time.perf_counter() - t0, total_steps)
+            if replanned is not None and replanned != total_steps:
+                total_steps = replanned
+                scheduler = cosine_schedule(optimizer, cfg, total_steps, done=step)
+                if cfg.validate_every is None:
+                    validate_every = _default_validate_every(total_steps)
+                bar.total = total_steps
+                if accelerator.is_main_process:
+                    tqdm.write(f"tasktune: time budget {cfg.time_budget}: {budget.per_step:.2f}s per step, so"
+                               f" {total_steps} steps in all")  # fmt: skip
+            out_of_time = budget.out_of_time(time.perf_counter() - t0) and step < total_steps
+            last = step == total_steps or out_of_time
             record = {
                 "step": step,
                 "epoch": epoch,
@@ -356,21 +427,37 @@ def fit(
                 "train/supervised_tokens": seen_sup,
                 "elapsed_s": elapsed,
             }
-            if step % cfg.eval_every == 0 or step == total_steps:
+            if step % cfg.eval_every == 0 or last:
                 t_eval = time.perf_counter()
                 eval_loss = evaluate_loss(model, eval_rows, pad_id, cfg.batch_size, accelerator, prepended)
                 eval_seconds += time.perf_counter() - t_eval
                 if eval_loss is not None:
                     record["eval/loss"] = eval_loss
                     best_eval = eval_loss if best_eval is None else min(best_eval, eval_loss)
-            if accelerator.is_main_process and (
-                step % cfg.log_every == 0 or "eval/loss" in record or step == total_steps
-            ):
+            if validator and validate_every and (step % validate_every == 0 or last):
+                t_val = time.perf_counter()
+                with accelerator.autocast():
+                    score = validator.score(accelerator.unwrap_model(model))
+                stale = 0 if best_score is None or score > best_score else stale + 1
+                if best_score is None or score >= best_score:  # a tie goes to the later, longer-trained weights
+                    best_score, best_step = score, step
+                    if best is not None:
+                        best.save(accelerator.unwrap_model(model))
+                eval_seconds += time.perf_counter() - t_val
+                record |= {f"val/{validator.metric}": score, "val/best": best_score, "val/best_step": best_step}
+                # Stop early only in the second half of the run (the rate is still high before) and once the model
+                # has scored at all: a run still at zero has not learned the answer's format yet.
+                no_better = cfg.patience and stale >= cfg.patience and best_score > 0 and step >= total_steps / 2
+                if no_better or (on_validation and on_validation(step, score)):
+                    stop_early, last = step < total_steps, True
+            if accelerator.is_main_process and (step % cfg.log_every == 0 or "eval/loss" in record or last
+                                                or any(k.startswith("val/") for k in record)):  # fmt: skip
                 log.write(record)
+                accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
             bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{record['train/tokens_per_s']:.0f}", refresh=False)
             bar.update(1)
             signum, saved = stop.requested(accelerator), None
-            if ckpt and ckpt.due(step, total_steps, signum):
+            if ckpt and (ckpt.due(step, total_steps, signum) or last):
                 t_save = time.perf_counter()
                 totals = dict(
                     seconds=t_save - t0,
@@ -380,6 +467,11 @@ def fit(
                     train_loss=train_loss,
                     eval_loss=eval_loss,
                     best_eval=best_eval,
+                    planned_steps=total_steps,
+                    best_score=best_score,
+                    best_step=best_step,
+                    stale=stale,
+                    stopped_early=last and step < total_steps,
                 )
                 state = TrainState(step, epoch, index + 1, world, totals)
                 saved = ckpt.save(state, model, optimizer, scheduler, accelerator)
@@ -387,18 +479,32 @@ def fit(
             if signum:
                 bar.close()
                 raise stopped(signum, step, total_steps, saved, world)
+            if last:
+                stop_early = stop_early or out_of_time
+                break
     bar.close()
+    if best is not None and best_step is not None and best_step != step:
+        best.restore(accelerator.unwrap_model(model))  # the run's weights are those of its best validation
     train_seconds = time.perf_counter() - t0 - eval_seconds
     return {
-        "steps": total_steps,
+        "steps": step,
         "train_loss": train_loss,
         "eval_loss": eval_loss,
         "best_eval_loss": best_eval,
         "seconds": train_seconds + eval_seconds,
         "eval_seconds": eval_seconds,
-        "tokens_per_s": seen_tokens / train_seconds,
-        "supervised_tokens_per_s": seen_sup / train_seconds,
+        "tokens_per_s": seen_tokens / max(train_seconds, 1e-9),
+        "supervised_tokens_per_s": seen_sup / max(train_seconds, 1e-9),
+        "metric": validator.metric if validator else None,
+        "best_metric": best_score,
+        "best_step": best_step,
+        "stopped_early": stop_early,
+        "planned_steps": total_steps,
     }
+
+
+def _default_validate_every(total_steps: int) -> int:
+    return max(1, math.ceil(total_steps / VALIDATIONS_PER_RUN))
 
 
 # --- the command --------------------------------------------------------------------------------------------------
@@ -410,6 +516,30 @@ def _split_eval(rows: list[Example], share: float, seed: int) -> tuple[list[Exam
     n_eval = max(1, min(int(len(rows) * share), 500))
     held = set(order[:n_eval])
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def _validator(task, cfg, fmt, instruction, eval_examples, train_rows, train_examples, accelerator):
+    """The task-metric validator on the first `validate_rows` held-out rows, or None when validation is off."""
+    if cfg.validate_every == 0 or not eval_examples:
+        return None
+    if accelerator.num_processes > 1:  # generation on sharded or replicated weights is not wired up
+        if accelerator.is_main_process:
+            print("tasktune: validation by the task metric is off with several processes; the last step is kept")
+        return None
+    answers = [ex.answer for ex in train_examples[:5000]]
+    return Validator.for_task(task, eval_examples[: cfg.validate_rows], fmt, instruction,
+                              suggest_max_new_tokens(train_rows), answers)  # fmt: skip
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested settings as flat scalar keys (`lora.r`), the shape trackers take as hyper-parameters."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+    return out
 
 
 def suggest_max_new_tokens(rows: list[Encoded]) -> int:
@@ -438,8 +568,13 @@ def train(
     resume: bool = False,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    on_validation: Callable[[int, float], bool] | None = None,
 ) -> TrainResult:
     """Fine-tune `cfg.model` on the task's training rows and write a run directory to `out`.
+
+    Settings left unset are chosen from the data (tasktune.recipe) unless `cfg.recipe` is "off". The task's own
+    metric is measured on held-out rows as training goes; the run keeps its best-scoring weights (see `fit`), and
+    `on_validation(step, score)` returning True stops it early (a search prunes trials that way).
 
     The data check (`tasktune check`, tokenizer only) runs first; its errors stop training unless `force`.
     `resume`: `out` is this run's folder; continue from its newest complete checkpoint (see `resume_run`).
@@ -448,7 +583,6 @@ def train(
 
     from tasktune.check import check_for_training
 
-    strategy = get_strategy(cfg.method)
     train_path = task.data_path("train")
     if train_path is None:
         raise ConfigError(
@@ -465,9 +599,9 @@ def train(
     else:
         rows, eval_examples = _split_eval(rows, cfg.eval_split, cfg.seed)
 
-    accelerator = make_accelerator(cfg.precision)
-    check_engine(accelerator, cfg, resume)
     out = Path(out)
+    accelerator = make_accelerator(cfg.precision, cfg.report_to, out)
+    check_engine(accelerator, cfg, resume)
     if accelerator.is_main_process:
         ensure_writable_dir(out, must_be_empty=not resume, what="run folder")
     ckpt = Checkpointing(out, cfg.save_every, cfg.keep_checkpoints) if unsupported_reason(accelerator) is None else None
@@ -491,6 +625,19 @@ def train(
         )
     eval_rows, _ = encode_rows(fmt, eval_examples[: cfg.eval_max_rows], instruction, cfg.max_length)
 
+    facts = DataFacts(
+        train_rows=len(train_rows),
+        answer_tokens_mean=sum(r.n_supervised for r in train_rows) / len(train_rows),
+        device="cuda" if accelerator.device.type == "cuda" else "cpu",
+        model_layers=getattr(model.config, "num_hidden_layers", None),
+    )
+    cfg, recipe = choose_recipe(cfg, facts)
+    if accelerator.is_main_process and not resume:
+        print(recipe.format())
+    strategy = get_strategy(cfg.method)
+    validator = _validator(task, cfg, fmt, instruction, eval_examples, train_rows, rows, accelerator)
+    best = BestWeights(out if accelerator.is_main_process and ckpt else None) if validator else None
+
     precision = resolve_precision(cfg.precision)
     if strategy.frozen_base and precision == "bf16":
         frozen_linears_to_bf16(model)
@@ -504,6 +651,7 @@ def train(
         config["data"] = {k: str(p.resolve()) if (p := task.data_path(k)) else None for k in ("train", "eval", "test")}
         config["train"] = cfg.model_dump(mode="json") | {"learning_rate": cfg.resolved_learning_rate()}
         write_config(out, config)
+        atomic_write_json(out / "recipe.json", recipe.to_dict())
         write_env(out, seed=cfg.seed, precision=precision, data_files={"train": train_path, "eval": eval_path})
     if accelerator.is_main_process:
         world = accelerator.num_processes
@@ -514,7 +662,14 @@ def train(
             f" ({cfg.batch_size} per micro-batch x {cfg.grad_accum} accumulated x {world} process(es))"
         )
     log = MetricsLog(out / "metrics.jsonl" if accelerator.is_main_process else None)
-    figures = fit(model, train_rows, eval_rows, cfg, accelerator, tok.pad_token_id, log, ckpt)
+    if cfg.report_to:
+        accelerator.init_trackers(task.name, config=_flat(cfg.model_dump(mode="json")))
+    figures = fit(model, train_rows, eval_rows, cfg, accelerator, tok.pad_token_id, log, ckpt, validator, best,
+                  on_validation)  # fmt: skip
+    if figures["metric"] and accelerator.is_main_process:
+        print(f"tasktune: best {figures['metric']} {figures['best_metric']:.4f} on {len(validator.examples)} held-out"
+              f" rows at step {figures['best_step']} of {figures['steps']}: the run keeps those weights"
+              + (" (stopped early)" if figures["stopped_early"] else ""))  # fmt: skip
 
     # Under FSDP / DeepSpeed ZeRO-3 the weights are sharded: get_state_dict gathers them (every process must call it).
     weights = accelerator.get_state_dict(model) if ckpt is None else None
@@ -533,9 +688,14 @@ def train(
             max_new_tokens=suggest_max_new_tokens(train_rows),
             precision=precision,
         ).save(out)
+    if best is not None:
+        best.discard()
+    for tracker in accelerator.trackers:  # not end_training(): that also ends the process group a caller may reuse
+        tracker.finish()
     accelerator.wait_for_everyone()
     return TrainResult(
         run_dir=str(out),
+        recipe=recipe.to_dict(),
         method=cfg.method,
         train_rows=len(train_rows),
         skipped_rows=len(skipped),

@@ -37,6 +37,30 @@ def loss_plot(records: list[dict], curves: dict) -> str | None:
     return _png(fig)
 
 
+def metric_plot(records: list[dict]) -> str | None:
+    """The task metric on the validation rows per step (what selected the run's weights), the kept step marked."""
+    key = next((k for r in records for k in r if k.startswith("val/") and k not in ("val/best", "val/best_step")), None)
+    if key is None:
+        return None
+    points = [(r["step"], r[key]) for r in records if key in r]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(*zip(*points, strict=True), marker="o", label=key)
+    best = next((r["val/best_step"] for r in reversed(records) if r.get("val/best_step") is not None), None)
+    best = best if best is not None else max(points, key=lambda p: p[1])[0]
+    ax.axvline(best, color="grey", linestyle="--", label=f"kept: step {best}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(key.removeprefix("val/"))
+    ax.set_title("task metric on the validation rows")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
 def _rows(items: list[list[str]], cls: str = "") -> str:
     return "".join(f"<tr{cls}>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in items)
 
@@ -48,6 +72,9 @@ def render_html(d: Diagnosis, records: list[dict]) -> str:
     ) or "<tr><td colspan=4>no findings</td></tr>"  # fmt: skip
     plot = loss_plot(records, d.curves)
     img = f'<img alt="loss curves" src="data:image/png;base64,{plot}">' if plot else "<p>no metrics recorded</p>"
+    val = metric_plot(records)
+    val_img = (f'<img alt="validation metric" src="data:image/png;base64,{val}">' if val
+               else "<p>no validation by the task metric in this run</p>")  # fmt: skip
     p = d.probes
     probe_table = ""
     if p:
@@ -86,6 +113,7 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
  {counts["error"]} error(s), {counts["warning"]} warning(s), {counts["info"]} info.</p>
 <h2>Findings</h2>
 <table id="findings"><tr><th>severity</th><th>id</th><th>evidence</th><th>remedy</th></tr>{findings}</table>
+<h2>Task metric on the validation rows</h2>{val_img}
 <h2>Loss curves</h2>{img}
 <h2>Figures</h2><table id="figures">{figure_rows}</table>
 <h2>Dataset doctor (tasktune check) on the run's data</h2>

@@ -1,0 +1,146 @@
+"""Selection by the task's own metric: the best validated weights are kept, the run stops when the score stops
+improving, a caller can stop it, and a time budget is honoured. Planted metric curves make the outcome known."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tasktune.config import TrainConfig, load_task
+from tasktune.rundir import read_metrics
+from tasktune.train import train
+from tasktune.validation import BEST_FILE, Validator
+
+
+def _cfg(tiny_model, **kw) -> TrainConfig:
+    settings = dict(model=str(tiny_model), method="lora", max_steps=12, batch_size=4, learning_rate=5e-3,
+                    precision="fp32", seed=1, validate_every=2, validate_rows=4, save_every=0)  # fmt: skip
+    return TrainConfig(**(settings | kw))
+
+
+def _plant(monkeypatch, curve: list[float]) -> list[dict[str, torch.Tensor]]:
+    """Validator.score returns the planted curve, one value per call, and records the adapter at each call."""
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def score(self, model):
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        return curve[len(seen) - 1]
+
+    monkeypatch.setattr(Validator, "score", score)
+    return seen
+
+
+def _adapter(run) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def _same_as(saved: dict[str, torch.Tensor], snapshot: dict[str, torch.Tensor]) -> bool:
+    """peft saves `base_model.model.X.lora_A.weight` for the parameter `base_model.model.X.lora_A.default.weight`."""
+    named = {k.replace(".default.", "."): v for k, v in snapshot.items()}
+    return saved.keys() == named.keys() and all(torch.equal(saved[k], named[k]) for k in saved)
+
+
+def test_the_best_validation_is_kept_and_the_run_stops_when_it_stops_improving(tiny_model, task_dir, tmp_path,
+                                                                               monkeypatch):  # fmt: skip
+    seen = _plant(monkeypatch, [0.2, 0.6, 0.5, 0.4, 0.3, 0.9])
+    out = tmp_path / "run"
+    result = train(load_task(task_dir / "task.yaml"), _cfg(tiny_model, patience=3), out)
+    # validations at steps 2, 4, ...: the best (0.6) at step 4, then three without improvement -> stop at step 10
+    assert (result.best_metric, result.best_step, result.steps, result.stopped_early) == (0.6, 4, 10, True)
+    assert len(seen) == 5  # the planted 0.9 at step 12 was never reached
+    assert _same_as(_adapter(out), seen[1])  # the saved adapter is the one validated at step 4
+    assert not _same_as(_adapter(out), seen[4])  # ... not the last one (the weights did move after step 4)
+    curve = [(r["step"], r["val/field_accuracy"]) for r in read_metrics(out) if "val/field_accuracy" in r]
+    assert curve == [(2, 0.2), (4, 0.6), (6, 0.5), (8, 0.4), (10, 0.3)]
+    assert not (out / BEST_FILE).exists()  # the working copy of the best weights is tidied away
+
+
+def test_patience_zero_runs_every_step_and_still_keeps_the_best(tiny_model, task_dir, tmp_path, monkeypatch):
+    seen = _plant(monkeypatch, [0.1, 0.3, 0.2, 0.2, 0.2, 0.25])
+    out = tmp_path / "run"
+    result = train(load_task(task_dir / "task.yaml"), _cfg(tiny_model, patience=0), out)
+    assert (result.steps, result.best_step, result.stopped_early) == (12, 4, False)
+    assert _same_as(_adapter(out), seen[1])
+
+
+def test_the_last_step_is_kept_when_it_scores_best(tiny_model, task_dir, tmp_path, monkeypatch):
+    seen = _plant(monkeypatch, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    out = tmp_path / "run"
+    result = train(load_task(task_dir / "task.yaml"), _cfg(tiny_model), out)
+    assert (result.steps, result.best_step) == (12, 12)
+    assert _same_as(_adapter(out), seen[-1])
+
+
+def test_a_caller_can_stop_the_run_at_a_validation(tiny_model, task_dir, tmp_path, monkeypatch):
+    _plant(monkeypatch, [0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
+    calls = []
+
+    def prune(step, score):
+        calls.append((step, score))
+        return step >= 4
+
+    result = train(load_task(task_dir / "task.yaml"), _cfg(tiny_model, patience=0), tmp_path / "run",
+                   on_validation=prune)  # fmt: skip
+    assert calls == [(2, 0.5), (4, 0.1)]
+    assert (result.steps, result.best_step, result.stopped_early) == (4, 2, True)
+
+
+def test_validation_scores_real_answers_with_the_task_metric(tiny_model, task_dir, tmp_path):
+    """No planted curve: the validator generates with the model in training and scores with field accuracy."""
+    result = train(load_task(task_dir / "task.yaml"), _cfg(tiny_model, max_steps=4, patience=0), tmp_path / "run")
+    assert result.metric == "field_accuracy" and 0.0 <= result.best_metric <= 1.0
+    records = [r for r in read_metrics(tmp_path / "run") if "val/field_accuracy" in r]
+    assert [r["step"] for r in records] == [2, 4]
+
+
+def test_validate_every_zero_keeps_the_last_step(tiny_model, task_dir, tmp_path, monkeypatch):
+    seen = _plant(monkeypatch, [1.0] * 6)
+    result = train(load_task(task_dir / "task.yaml"), _cfg(tiny_model, validate_every=0), tmp_path / "run")
+    assert not seen and result.metric is None and result.steps == 12
+
+
+def test_a_time_budget_ends_the_run_within_it(tiny_model, task_dir, tmp_path, monkeypatch):
+    """Each step is slowed to ~0.25 s, so a 3 s budget fits about 10 of the 1,000 planned steps: the run re-plans
+    after its probe steps, ends inside the budget and says how many steps it planned."""
+    import tasktune.train as train_module
+
+    real = train_module.token_loss
+
+    def slow(*args, **kwargs):
+        time.sleep(0.25)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "token_loss", slow)
+    cfg = _cfg(tiny_model, max_steps=1000, time_budget="3s", validate_every=0)
+    t0 = time.perf_counter()
+    result = train(load_task(task_dir / "task.yaml"), cfg, tmp_path / "run")
+    loop_seconds = result.seconds
+    assert loop_seconds <= 3.0 + 0.5, loop_seconds  # the budget bounds the loop (one step of slack at most)
+    assert time.perf_counter() - t0 < 60
+    assert 6 <= result.steps < 14 and result.planned_steps == result.steps
+    lrs = [r["train/lr"] for r in read_metrics(tmp_path / "run")]
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9)  # the schedule was re-planned to end at the new last step
+
+
+def test_the_metric_curve_reaches_the_report_and_a_tracker(tiny_model, task_dir, tmp_path, monkeypatch):
+    """report.html shows the validation curve; --report-to tensorboard gets the same scalars through accelerate."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tasktune.diagnose import DiagnoseConfig, diagnose, save_diagnosis
+
+    _plant(monkeypatch, [0.2, 0.6, 0.5, 0.7, 0.3, 0.1])
+    out = tmp_path / "run"
+    train(load_task(task_dir / "task.yaml"), _cfg(tiny_model, patience=0, report_to=["tensorboard"]), out)
+    save_diagnosis(diagnose(out, DiagnoseConfig(probes=False, limit=4)), out)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert 'alt="validation metric" src="data:image/png;base64,' in html
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events, "no tensorboard event file"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert [(e.step, round(e.value, 3)) for e in acc.Scalars("val/field_accuracy")] == [
+        (2, 0.2), (4, 0.6), (6, 0.5), (8, 0.7), (10, 0.3), (12, 0.1)]  # fmt: skip
+    assert len(acc.Scalars("train/loss")) == 12
