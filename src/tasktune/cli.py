@@ -4,6 +4,7 @@ tasktune check   DATA [DATA ...] | --task task.yaml  check a data set before tra
 tasktune train   --task task.yaml --out RUN        fine-tune (or --data train.jsonl instead of --task)
 tasktune predict RUN --input "raw text"            answer raw inputs with a tuned run
 tasktune compare TASK.yaml --out DIR               instruction, few-shot, prompt, prefix, lora, full side by side
+tasktune tune    --task T.yaml --out DIR --trials N --time-budget 60m   search the training settings (resumable)
 tasktune serve   RUN [RUN ...] [--port 8000]       OpenAI-compatible API; LoRA runs share one base model
 tasktune export  RUN --out DIR [--merge]           standalone Hugging Face model folder, checked for parity
 tasktune diagnose RUN                              what went wrong in a run (also runs at the end of train)
@@ -18,6 +19,7 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Collection
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -33,6 +35,8 @@ def _flag_type(annotation):
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if origin is typing.Literal:
         return str, list(typing.get_args(annotation))
+    if origin is list:  # --report-to tensorboard,mlflow
+        return (lambda s: [x.strip() for x in s.split(",") if x.strip()]), None
     if origin in (typing.Union, types.UnionType):
         if any(typing.get_origin(a) is list for a in args):
             return (lambda s: s.split(",") if "," in s else s), None
@@ -40,13 +44,18 @@ def _flag_type(annotation):
     return annotation, None
 
 
-def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: str = "") -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser, model: type[BaseModel], prefix: str = "", skip: Collection[str] = ()
+) -> None:
+    """A flag per config key; `skip`: keys another config of the same command owns (tune's time_budget)."""
     for name, field in model.model_fields.items():
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            add_config_flags(parser, ann, prefix=f"{prefix}{name}.")
+            add_config_flags(parser, ann, prefix=f"{prefix}{name}.", skip=skip)
             continue
         key = f"{prefix}{name}"
+        if key in skip:
+            continue
         flag = "--" + key.replace(".", "-").replace("_", "-")
         help_text = f"{field.description} (default: {field.default})".replace("%", "%%")  # argparse formats help
         if ann is bool:
@@ -361,6 +370,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tasktune.config import build
+    from tasktune.tune import TuneConfig, format_best, format_table, tune
+
+    own = set(TuneConfig.model_fields)  # --time-budget is the study's; each trial's is set by tune
+    tcfg = build(TuneConfig, {k: v for k, v in vars(args).items() if k in own}, "command line")
+    overrides = {k: v for k, v in overrides_from(args).items() if k not in own}
+    trust = {"allow_pickle": args.allow_pickle, "trust_remote_code": args.trust_remote_code}
+    result = tune(args.task, tcfg, args.out, train_overrides=overrides, force=args.force, **trust)
+    print()
+    print(format_table(result))
+    print(format_best(result))
+    print(f"tasktune tune: report in {Path(args.out) / 'report.html'} (also results.md, results.json);"
+          f" {result.seconds / 60:.1f} min")  # fmt: skip
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
@@ -526,6 +552,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true", help="run methods in this process (peak memory is shared)")
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("tune", help="search method, learning rate, length, LoRA rank and layers for the best score")
+    p.add_argument("--task", required=True, help="task file (task.yaml); trials are scored on its validation rows")
+    p.add_argument("--out", required=True, help="folder for the study; rerun with the same folder to resume")
+    p.add_argument("--force", action="store_true", help="train even when the data check finds errors")
+    _add_trust_flags(p)
+    from tasktune.tune import TuneConfig
+
+    add_config_flags(p, TuneConfig)
+    add_config_flags(p, TrainConfig, skip=set(TuneConfig.model_fields))
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("serve", help="serve runs over an OpenAI-compatible HTTP API")
     p.add_argument("runs", nargs="*", help="run folders; each is a model named by its folder name")
