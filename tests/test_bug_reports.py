@@ -76,6 +76,7 @@ def test_writes_a_loadable_task(tmp_path):
     assert task.output.kind == "json" and task.output.free_text_fields == ["title"]
     assert task.json_schema() == json.loads(json.dumps(br.SCHEMA))
     assert len((out / "train.jsonl").read_text().splitlines()) == 40
+    assert not task.train.model_fields_set  # no hand-tuned settings: the demo trains with the recipe's choices
 
 
 def test_a_report_states_how_often_only_when_its_label_says_so():

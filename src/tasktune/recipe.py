@@ -1,9 +1,9 @@
 """The training recipe chosen from the data: what `tasktune train` uses for every setting the user left unset.
 
 A user who brings rows and an instruction should not have to know that a 76-row task needs many epochs and a
-3,000-row one a few, or that a LoRA on a CPU is best trained in its upper layers. `choose_recipe` decides those
-settings from the number of rows, the answers and the device, and says why for each; any setting given in the task
-file or on the command line is kept as given. The rules and the measurements behind them are in docs/training.md
+3,000-row one a few, or that on a CPU time, not data, bounds how many rows a run can see. `choose_recipe` decides
+those settings from the number of rows, the answers and the device, and says why for each; any setting given in the
+task file or on the command line is kept as given. The rules and the measurements behind them are in docs/training.md
 and docs/benchmarks.md.
 """
 
@@ -69,7 +69,6 @@ class DataFacts:
     train_rows: int
     answer_tokens_mean: float  # supervised tokens per row (the answer and its end-of-turn token)
     device: str  # "cpu" or "cuda"
-    model_layers: int | None  # decoder layers of the base model, when known
 
 
 def planned_epochs(n_rows: int) -> tuple[float, str]:
@@ -112,11 +111,6 @@ def choose_recipe(cfg: TrainConfig, facts: DataFacts) -> tuple[TrainConfig, Reci
         if "plus_lr_ratio" not in lora_given:
             lora_update["plus_lr_ratio"] = 16.0
             recipe.set("lora.plus_lr_ratio", 16.0, "LoRA+: B matrices at 16x the rate of A")
-        if on_cpu and facts.model_layers and facts.model_layers >= 8 and "top_layers" not in lora_given:
-            half = facts.model_layers // 2
-            lora_update["top_layers"] = half
-            recipe.set("lora.top_layers", half, f"on a CPU: adapters in the top {half} of {facts.model_layers}"
-                       " layers make each step ~0.6x as long, so a time-bound run sees more rows")  # fmt: skip
     epochs, why = planned_epochs(facts.train_rows)
     if "max_steps" not in given:
         choose("epochs", epochs, why)

@@ -629,7 +629,6 @@ def train(
         train_rows=len(train_rows),
         answer_tokens_mean=sum(r.n_supervised for r in train_rows) / len(train_rows),
         device="cuda" if accelerator.device.type == "cuda" else "cpu",
-        model_layers=getattr(model.config, "num_hidden_layers", None),
     )
     cfg, recipe = choose_recipe(cfg, facts)
     if accelerator.is_main_process and not resume:

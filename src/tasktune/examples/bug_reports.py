@@ -520,17 +520,6 @@ data:
   train: train.jsonl
   eval: eval.jsonl
   test: test.jsonl
-train:                        # sized for a `tasktune demo` of about 15 minutes on 2 CPU cores at their usual speed
-  method: lora
-  max_steps: 480              # 480 x 4 = 1,920 reports; in the top 15 layers: 0.76x the time of 360 steps in all 30
-  batch_size: 4               # measured on the same 1,152 reports: 72x16 74.8%, 144x8 86.5%, 288x4 93.2% field acc.
-  group_by_length: true       # 10% padding against 23%: the run fits 15 minutes; random batches scored no better here
-  learning_rate: 5.0e-4       # the A matrices' rate; LoRA+ steps the B matrices at 16x that (8e-3)
-  lora:
-    plus_lr_ratio: 16         # 300 test reports: 94.5% field acc. against 92.4% for plain LoRA at 1e-3; 1e-3 x16 90.0%
-    top_layers: 15            # 300 test reports, seeds 0/1/2: 95.5/95.1/95.9% against 94.5/95.8/94.4% (360, all)
-  eval_every: 480             # eval loss once, at the end
-  eval_max_rows: 64
 """
 
 
