@@ -288,7 +288,7 @@ def _tfidf_features():
 def run_tfidf(task, test: list, seed: int, report_path: Path) -> dict:
     from tasktune.data import read_examples
     from tasktune.evaluate import EvalReport
-    from tasktune.metrics import text_metrics
+    from tasktune.metrics import main_metric_name, text_metrics
     from tasktune.task_metrics import METRICS, compute
 
     rows = read_examples(task.data_path("train"))
@@ -302,8 +302,8 @@ def run_tfidf(task, test: list, seed: int, report_path: Path) -> dict:
     metrics = text_metrics(preds, refs)
     metas = [m if isinstance(m := ex.extra.get("meta"), dict) else {} for ex in test]
     metrics |= compute(task.metrics, preds, refs, metas)
-    # The main metric as evaluate() picks it: the task's `metric` when computed and higher is better.
-    name = task.metric
+    # The main metric as evaluate() picks it (exact match for label answers, or the task's own `metric`).
+    name = main_metric_name(task, refs)
     main = name if metrics.get(name) is not None and (name not in METRICS or METRICS[name].higher_is_better) else None
     report = EvalReport(name="tfidf", model="tfidf", mode="tfidf", n=len(test), metrics=metrics,
                         prompt_tokens_mean=0.0, generated_tokens_mean=0.0, latency_ms_mean=0.0, examples_per_s=0.0,

@@ -13,10 +13,8 @@ finished ones whose settings are unchanged. The report: DIR/results.json, DIR/re
 
 from __future__ import annotations
 
-import base64
 import gc
 import hashlib
-import io
 import json
 import math
 import resource
@@ -35,6 +33,7 @@ from tasktune.data import read_examples
 from tasktune.errors import ConfigError, TaskTuneError
 from tasktune.evaluate import evaluate, pick_shots
 from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir, write_jsonl
+from tasktune.plots import png
 from tasktune.predict import Predictor
 from tasktune.rundir import file_fingerprint, read_metrics
 from tasktune.train import train
@@ -546,15 +545,6 @@ def render_markdown(result: CompareResult) -> str:
     return "\n".join(parts)
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def make_plots(result: CompareResult) -> dict[str, str]:
     """Three charts as base64 PNG: quality vs prompt tokens, quality vs training time, the loss curves."""
     import matplotlib
@@ -575,7 +565,7 @@ def make_plots(result: CompareResult) -> dict[str, str]:
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} vs {xlabel}")
         ax.grid(alpha=0.3)
-        plots[key] = _png(fig)
+        plots[key] = png(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in result.methods:
         if r["loss_curve"]:
@@ -587,7 +577,7 @@ def make_plots(result: CompareResult) -> dict[str, str]:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    plots["loss_curves"] = _png(fig)
+    plots["loss_curves"] = png(fig)
     return plots
 
 

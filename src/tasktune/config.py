@@ -164,13 +164,9 @@ class TrainConfig(_Strict):
     @field_validator("time_budget")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
-        from tasktune.durations import budget_seconds
+        from tasktune.durations import validate_budget
 
-        try:
-            budget_seconds(value)
-        except ConfigError as e:
-            raise ValueError(f"{e.message}; {e.hint}") from None
-        return value
+        return validate_budget(value)
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:

@@ -31,3 +31,12 @@ def budget_seconds(text: str | None, key: str = "time_budget") -> float | None:
     if text is None or str(text).strip().lower() in NO_LIMIT:
         return None
     return parse_duration(text, key)
+
+
+def validate_budget(value: str | None) -> str | None:
+    """For a config field's validator: the value unchanged, or a ValueError that says how to write it."""
+    try:
+        budget_seconds(value)
+    except ConfigError as e:
+        raise ValueError(f"{e.message}; {e.hint}") from None
+    return value

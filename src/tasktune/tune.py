@@ -17,9 +17,7 @@ DIR/results.json, DIR/results.md, DIR/report.html, and DIR/best, a link to the b
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import io
 import json
 import math
 import os
@@ -33,9 +31,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasktune.config import TaskConfig, TrainConfig, load_task, merge_overrides
-from tasktune.durations import budget_seconds
+from tasktune.durations import budget_seconds, validate_budget
 from tasktune.errors import ConfigError, TaskTuneError, TrainingStopped
 from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from tasktune.plots import png
 from tasktune.rundir import file_fingerprint, read_config
 from tasktune.runtime import progress_enabled
 from tasktune.train import train
@@ -84,11 +83,7 @@ class TuneConfig(BaseModel):
     @field_validator("time_budget")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
-        try:
-            budget_seconds(value)
-        except ConfigError as e:
-            raise ValueError(f"{e.message}; {e.hint}") from None
-        return value
+        return validate_budget(value)
 
     @field_validator("methods")
     @classmethod
@@ -604,16 +599,6 @@ def render_markdown(result: TuneResult) -> str:
     return "\n".join([*lines, "", *(f"- {n}" for n in _notes(result)), ""])
 
 
-def _png(fig) -> str:
-    """A figure as base64 PNG (compare.py has its own, private; a shared plotting module would hold both)."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def make_plots(result: TuneResult) -> dict[str, str]:
     """The optimisation history and each searched setting against the score, as base64 PNG."""
     import matplotlib
@@ -639,7 +624,7 @@ def make_plots(result: TuneResult) -> dict[str, str]:
         ax.legend()
     ax.set(xlabel="trial (* defaults, x pruned; blue lora, orange full)", ylabel=metric, title="optimisation history")
     ax.grid(alpha=0.3)
-    plots["optimisation_history"] = _png(fig)
+    plots["optimisation_history"] = png(fig)
 
     panels = [("learning_rate", "learning rate", True), ("length", "length (epochs or steps)", False),
               ("lora.r", "LoRA rank", True)]  # fmt: skip
@@ -659,7 +644,7 @@ def make_plots(result: TuneResult) -> dict[str, str]:
         ax.set(xlabel=label, title=f"{metric} vs {label}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(metric)
-    plots["settings_vs_score"] = _png(fig)
+    plots["settings_vs_score"] = png(fig)
     return plots
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from html import escape
 
-from tasktune.compare import _png
 from tasktune.diagnose.findings import Diagnosis
+from tasktune.plots import png
 
 
 def loss_plot(records: list[dict], curves: dict) -> str | None:
@@ -34,7 +34,7 @@ def loss_plot(records: list[dict], curves: dict) -> str | None:
     ax.set_title("loss curves")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def metric_plot(records: list[dict]) -> str | None:
@@ -58,7 +58,7 @@ def metric_plot(records: list[dict]) -> str | None:
     ax.set_title("task metric on the validation rows")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def _rows(items: list[list[str]], cls: str = "") -> str:
