@@ -144,3 +144,20 @@ def test_the_metric_curve_reaches_the_report_and_a_tracker(tiny_model, task_dir,
     assert [(e.step, round(e.value, 3)) for e in acc.Scalars("val/field_accuracy")] == [
         (2, 0.2), (4, 0.6), (6, 0.5), (8, 0.7), (10, 0.3), (12, 0.1)]  # fmt: skip
     assert len(acc.Scalars("train/loss")) == 12
+
+
+def test_the_budget_replans_when_steps_grow_slower():
+    """Steps of 1 s in the probe, then 2 s (validations, longer rows): the plan shrinks so the run ends in time."""
+    from tasktune.train import Budget
+
+    budget, total, clock, step = Budget(100.0), 1000, 0.0, 0
+    while step < total:
+        step += 1
+        clock += 1.0 if step <= 6 else 2.0
+        new = budget.replan(step, 0, 5.0, clock, total)
+        total = new if new is not None else total
+        if budget.out_of_time(clock) and step < total:
+            break
+    assert step == total  # the schedule's last step was reached, not cut by the hard stop
+    assert 90 <= clock <= 100 and 45 <= total <= 53
+    assert Budget(None).replan(6, 0, 5.0, 6.0, 1000) is None

@@ -294,21 +294,34 @@ def cosine_schedule(optimizer, cfg: TrainConfig, total_steps: int, done: int = 0
 
 @dataclass
 class Budget:
-    """A wall-clock limit on the loop: after PROBE steps the total is re-planned from the measured seconds per step
-    (the first step is left out: it builds kernels and caches), and no step starts that would end past the limit."""
+    """A wall-clock limit on the loop. After PROBE steps the total is planned from the measured seconds per step (the
+    first step is left out: it builds kernels and caches), keeping 15% of the time for validations and saves; then,
+    RECHECKS times over the run, it is planned again from the average time per step since the probe, validations
+    included, so a run whose steps grow slower still ends its schedule inside the budget. A plan only shrinks. No
+    step starts that would end past the limit."""
 
     seconds: float | None
     PROBE = 6
+    RECHECKS = 10
     per_step: float | None = None
+    probe_end: tuple[int, float] | None = None  # (step, elapsed seconds) when the probe ended
 
     def replan(self, step: int, start: int, since_probe: float, elapsed: float, planned: int) -> int | None:
-        """The new total at the end of the probe (None if nothing changes)."""
-        if self.seconds is None or step != start + self.PROBE:
+        """The new total steps, or None if the plan stands."""
+        if self.seconds is None:
             return None
-        self.per_step = since_probe / (self.PROBE - 1)
-        # Validations and saving take their share of the budget: keep 15% of what is left for them.
-        fits = step + int(0.85 * (self.seconds - elapsed) / self.per_step)
-        return max(step, min(planned, fits))
+        if step == start + self.PROBE:
+            self.per_step = since_probe / (self.PROBE - 1)
+            self.probe_end = (step, elapsed)
+            return max(step, min(planned, step + int(0.85 * (self.seconds - elapsed) / self.per_step)))
+        if self.probe_end is None or step <= self.probe_end[0] or step >= planned:
+            return None
+        done = step - self.probe_end[0]
+        if done % max(1, (planned - self.probe_end[0]) // self.RECHECKS):
+            return None
+        rate = (elapsed - self.probe_end[1]) / done
+        fits = step + int(0.95 * (self.seconds - elapsed) / rate)
+        return max(step, fits) if fits < planned else None
 
     def out_of_time(self, elapsed: float) -> bool:
         return self.seconds is not None and self.per_step is not None and elapsed + self.per_step > self.seconds
@@ -413,8 +426,8 @@ def fit(
                     validate_every = _default_validate_every(total_steps)
                 bar.total = total_steps
                 if accelerator.is_main_process:
-                    tqdm.write(f"tasktune: time budget {cfg.time_budget}: {budget.per_step:.2f}s per step, so"
-                               f" {total_steps} steps in all")  # fmt: skip
+                    tqdm.write(f"tasktune: time budget {cfg.time_budget}: {total_steps} steps in all, from the"
+                               f" time per step so far")  # fmt: skip
             out_of_time = budget.out_of_time(time.perf_counter() - t0) and step < total_steps
             last = step == total_steps or out_of_time
             record = {
