@@ -384,7 +384,7 @@ def fit(
     if validator and best is not None and best_step is not None and not best.load():
         best_score, best_step = None, None  # the best weights' file is gone: select again from here on
     validate_every = cfg.validate_every if cfg.validate_every is not None else _default_validate_every(total_steps)
-    stop_early, step, t_probe = False, start, time.perf_counter()
+    step, t_probe = start, time.perf_counter()
     model.train()
     with StopOnSignal() as stop, neftune(model, cfg.neftune_noise_alpha, accelerator):
         for step in range(start + 1, total_steps + 1):
@@ -462,7 +462,7 @@ def fit(
                 # has scored at all: a run still at zero has not learned the answer's format yet.
                 no_better = cfg.patience and stale >= cfg.patience and best_score > 0 and step >= total_steps / 2
                 if no_better or (on_validation and on_validation(step, score)):
-                    stop_early, last = step < total_steps, True
+                    last = True
             if accelerator.is_main_process and (step % cfg.log_every == 0 or "eval/loss" in record or last
                                                 or any(k.startswith("val/") for k in record)):  # fmt: skip
                 log.write(record)
@@ -493,7 +493,6 @@ def fit(
                 bar.close()
                 raise stopped(signum, step, total_steps, saved, world)
             if last:
-                stop_early = stop_early or out_of_time
                 break
     bar.close()
     if best is not None and best_step is not None and best_step != step:
@@ -511,7 +510,7 @@ def fit(
         "metric": validator.metric if validator else None,
         "best_metric": best_score,
         "best_step": best_step,
-        "stopped_early": stop_early,
+        "stopped_early": step < total_steps,  # no longer improving, out of time, or stopped by the caller
         "planned_steps": total_steps,
     }
 
