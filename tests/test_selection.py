@@ -125,6 +125,55 @@ def test_a_time_budget_ends_the_run_within_it(tiny_model, task_dir, tmp_path, mo
     assert lrs[-1] == pytest.approx(0.0, abs=1e-9)  # the schedule was re-planned to end at the new last step
 
 
+def test_costly_validations_take_a_bounded_share_of_a_time_budget(tiny_model, task_dir, tmp_path, monkeypatch):
+    """Each validation is slowed to 0.5 s and each step to 0.05 s; in a 6 s budget, the default 8 validations would
+    take 4 s of it. Once one has been timed the run spaces them out: at most VALIDATION_SHARE of the budget (and at
+    least MIN_VALIDATIONS), and the eval loss (eval_every 0) is measured at those validations only."""
+    import tasktune.train as train_module
+
+    real = train_module.token_loss
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    def score(self, model):
+        time.sleep(0.5)
+        return 0.5
+
+    monkeypatch.setattr(train_module, "token_loss", slow)
+    monkeypatch.setattr(Validator, "score", score)
+    cfg = _cfg(tiny_model, max_steps=10_000, time_budget="6s", validate_every=None, eval_every=0, patience=0)
+    result = train(load_task(task_dir / "task.yaml"), cfg, tmp_path / "run")
+    records = read_metrics(tmp_path / "run")
+    validated = [r["step"] for r in records if "val/field_accuracy" in r]
+    assert train_module.MIN_VALIDATIONS <= len(validated) <= 4, validated  # 8 without the share
+    assert [r["step"] for r in records if "eval/loss" in r] == validated
+    assert validated[-1] == result.steps and result.steps > 20
+
+
+def test_the_recipes_eval_loss_settings_reach_the_run(tiny_model, task_dir, tmp_path, monkeypatch):
+    """The recipe's eval_max_rows and eval_every are chosen after the rows are read: the run must use them (64 of
+    100 eval rows, at the validations only), not the field defaults (256 rows every 50 steps)."""
+    import tasktune.train as train_module
+    from tests.tiny import make_rows, write_jsonl
+
+    write_jsonl(task_dir / "eval.jsonl", make_rows(100, seed=2))
+    sizes = []
+    real = train_module.evaluate_loss
+
+    def counting(model, rows, *args, **kwargs):
+        sizes.append(len(rows))
+        return real(model, rows, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_loss", counting)
+    cfg = TrainConfig(model=str(tiny_model), max_steps=16, precision="fp32", save_every=0, validate_rows=4)
+    train(load_task(task_dir / "task.yaml"), cfg, tmp_path / "run")
+    records = read_metrics(tmp_path / "run")
+    assert set(sizes) == {64}
+    assert [r["step"] for r in records if "eval/loss" in r] == [r["step"] for r in records if "val/best" in r]
+
+
 def test_the_metric_curve_reaches_the_report_and_a_tracker(tiny_model, task_dir, tmp_path, monkeypatch):
     """report.html shows the validation curve; --report-to tensorboard gets the same scalars through accelerate."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

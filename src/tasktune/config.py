@@ -148,7 +148,9 @@ class TrainConfig(_Strict):
     )
     seed: int = Field(0, description="seed for init, shuffling and dropout")
     max_length: int = Field(1024, ge=8, description="longest row in tokens; longer rows are skipped, never truncated")
-    eval_every: int = Field(50, ge=1, description="steps between eval-loss measurements")
+    eval_every: int = Field(
+        50, ge=0, description="steps between eval-loss measurements (0: at each validation by the task's metric)"
+    )
     eval_split: float = Field(0.1, ge=0, lt=1, description="share of train held out for eval loss when no eval file")
     eval_max_rows: int = Field(256, ge=1, description="eval rows used for eval loss during training")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPUs and AMX CPUs, else fp32")

@@ -28,6 +28,7 @@ CPU_TIME_BUDGET = "15m"
 # Validation: generate answers for this many held-out rows (the task's own metric).
 VALIDATE_ROWS_SHORT = 64  # answers of a few tokens (labels) cost little to generate
 VALIDATE_ROWS_LONG = 32  # longer answers (JSON records, summaries) cost a decoding pass each
+EVAL_LOSS_ROWS = 64
 
 
 @dataclass
@@ -125,6 +126,8 @@ def choose_recipe(cfg: TrainConfig, facts: DataFacts) -> tuple[TrainConfig, Reci
     rows = VALIDATE_ROWS_LONG if long else VALIDATE_ROWS_SHORT
     choose("validate_rows", rows, f"answers of {facts.answer_tokens_mean:.0f} tokens on average: {rows} rows per"
            " validation keep it a small share of the run")  # fmt: skip
+    choose("eval_every", 0, "eval loss only at the validations: a diagnostic, once the task's metric selects")
+    choose("eval_max_rows", EVAL_LOSS_ROWS, f"{EVAL_LOSS_ROWS} rows for that diagnostic, so it costs little")
     # model_copy(update=...) skips validation; rebuilding validates and keeps the user's own fields marked as set.
     data = cfg.model_dump(exclude_unset=True) | update
     if lora_update:

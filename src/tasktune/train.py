@@ -51,6 +51,11 @@ from tasktune.strategies import count_parameters, get_strategy, save_trained
 from tasktune.validation import BestWeights, Validator
 
 VALIDATIONS_PER_RUN = 8  # validations by the task's metric in a run whose validate_every is left to the default
+# Under a time budget, validations may take at most this share of it (between MIN_VALIDATIONS and
+# VALIDATIONS_PER_RUN of them): generating long answers for held-out rows costs as much as many training steps, and
+# every second spent on it is a second of training lost.
+VALIDATION_SHARE = 0.15
+MIN_VALIDATIONS = 3
 
 
 @dataclass
@@ -375,7 +380,6 @@ def fit(
         unit="step",
         disable=not (accelerator.is_main_process and progress_enabled()),
     )
-    budget = Budget(budget_seconds(cfg.time_budget))
     t0 = time.perf_counter() - totals.get("seconds", 0.0)
     eval_seconds = totals.get("eval_seconds", 0.0)  # kept out of the throughput figures
     seen_tokens, seen_sup = totals.get("seen_tokens", 0), totals.get("seen_sup", 0)
@@ -383,7 +387,21 @@ def fit(
     best_score, best_step, stale = totals.get("best_score"), totals.get("best_step"), totals.get("stale", 0)
     if validator and best is not None and best_step is not None and not best.load():
         best_score, best_step = None, None  # the best weights' file is gone: select again from here on
-    validate_every = cfg.validate_every if cfg.validate_every is not None else _default_validate_every(total_steps)
+    budget = Budget(budget_seconds(cfg.time_budget))
+    val_seconds, val_count = totals.get("val_seconds", 0.0), totals.get("val_count", 0)
+
+    def cadence() -> int:
+        """Steps between validations: as set, or VALIDATIONS_PER_RUN in the run, fewer when they would take more
+        than VALIDATION_SHARE of a time budget (known once one has been timed)."""
+        if cfg.validate_every is not None:
+            return cfg.validate_every
+        n = VALIDATIONS_PER_RUN
+        if budget.seconds and val_count:
+            fit_in = int(VALIDATION_SHARE * budget.seconds / (val_seconds / val_count))
+            n = max(MIN_VALIDATIONS, min(n, fit_in))
+        return max(1, math.ceil(total_steps / n))
+
+    validate_every = cadence()
     step, t_probe = start, time.perf_counter()
     model.train()
     with StopOnSignal() as stop, neftune(model, cfg.neftune_noise_alpha, accelerator):
@@ -422,8 +440,7 @@ def fit(
             if replanned is not None and replanned != total_steps:
                 total_steps = replanned
                 scheduler = cosine_schedule(optimizer, cfg, total_steps, done=step)
-                if cfg.validate_every is None:
-                    validate_every = _default_validate_every(total_steps)
+                validate_every = cadence()
                 bar.total = total_steps
                 if accelerator.is_main_process:
                     tqdm.write(f"tasktune: time budget {cfg.time_budget}: {total_steps} steps in all, from the"
@@ -440,14 +457,15 @@ def fit(
                 "train/supervised_tokens": seen_sup,
                 "elapsed_s": elapsed,
             }
-            if step % cfg.eval_every == 0 or last:
+            validating = bool(validator and validate_every and (step % validate_every == 0 or last))
+            if (step % cfg.eval_every == 0 if cfg.eval_every else validating) or last:
                 t_eval = time.perf_counter()
                 eval_loss = evaluate_loss(model, eval_rows, pad_id, cfg.batch_size, accelerator, prepended)
                 eval_seconds += time.perf_counter() - t_eval
                 if eval_loss is not None:
                     record["eval/loss"] = eval_loss
                     best_eval = eval_loss if best_eval is None else min(best_eval, eval_loss)
-            if validator and validate_every and (step % validate_every == 0 or last):
+            if validating:
                 t_val = time.perf_counter()
                 with accelerator.autocast():
                     score = validator.score(accelerator.unwrap_model(model))
@@ -456,7 +474,9 @@ def fit(
                     best_score, best_step = score, step
                     if best is not None:
                         best.save(accelerator.unwrap_model(model))
+                val_seconds, val_count = val_seconds + time.perf_counter() - t_val, val_count + 1
                 eval_seconds += time.perf_counter() - t_val
+                validate_every = cadence()
                 record |= {f"val/{validator.metric}": score, "val/best": best_score, "val/best_step": best_step}
                 # Stop early only in the second half of the run (the rate is still high before) and once the model
                 # has scored at all: a run still at zero has not learned the answer's format yet.
@@ -484,6 +504,8 @@ def fit(
                     best_score=best_score,
                     best_step=best_step,
                     stale=stale,
+                    val_seconds=val_seconds,
+                    val_count=val_count,
                     stopped_early=last and step < total_steps,
                 )
                 state = TrainState(step, epoch, index + 1, world, totals)
@@ -513,10 +535,6 @@ def fit(
         "stopped_early": step < total_steps,  # no longer improving, out of time, or stopped by the caller
         "planned_steps": total_steps,
     }
-
-
-def _default_validate_every(total_steps: int) -> int:
-    return max(1, math.ceil(total_steps / VALIDATIONS_PER_RUN))
 
 
 # --- the command --------------------------------------------------------------------------------------------------
@@ -635,7 +653,6 @@ def train(
             f"tasktune: skipped {len(skipped)} row(s) longer than max_length={cfg.max_length}"
             f" (first: {skipped[0].where}); raise --max-length to keep them"
         )
-    eval_rows, _ = encode_rows(fmt, eval_examples[: cfg.eval_max_rows], instruction, cfg.max_length)
 
     facts = DataFacts(
         train_rows=len(train_rows),
@@ -645,6 +662,8 @@ def train(
     cfg, recipe = choose_recipe(cfg, facts)
     if accelerator.is_main_process and not resume:
         print(recipe.format())
+    # Encoded after the recipe, which may choose eval_max_rows.
+    eval_rows, _ = encode_rows(fmt, eval_examples[: cfg.eval_max_rows], instruction, cfg.max_length)
     strategy = get_strategy(cfg.method)
     validator = _validator(task, cfg, fmt, instruction, eval_examples, train_rows, rows, accelerator)
     best = BestWeights(out if accelerator.is_main_process and ckpt else None) if validator else None

@@ -170,7 +170,7 @@ def _overfitting(steps, evals, records, train, run, rows_per_epoch, tail, figure
             " where the eval loss is lowest",
             {"eval_points": len(evals), "steps": steps[-1][0]},
         ))  # fmt: skip
-    width = max(1, int(train.get("eval_every", 1)) // 2)
+    width = max(1, (evals[1][0] - evals[0][0] if len(evals) > 1 else steps[-1][0]) // 2)  # half the eval spacing
     train_at_best = _train_loss_near(steps, best_step, width)
     after = [loss for s, loss in evals if s > best_step]
     rise, mean_rise = (last / best - 1, _mean(after) / best - 1) if after and best > 0 else (0.0, 0.0)
