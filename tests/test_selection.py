@@ -153,8 +153,8 @@ def test_costly_validations_take_a_bounded_share_of_a_time_budget(tiny_model, ta
 
 
 def test_the_recipes_eval_loss_settings_reach_the_run(tiny_model, task_dir, tmp_path, monkeypatch):
-    """The recipe's eval_max_rows and eval_every are chosen after the rows are read: the run must use them (64 of
-    100 eval rows, at the validations only), not the field defaults (256 rows every 50 steps)."""
+    """The recipe's eval_max_rows and eval_every are chosen after the rows are read: the run must use them (as many
+    as a validation, 64 of the 100 eval rows, at the validations only), not the defaults (256 rows every 50 steps)."""
     import tasktune.train as train_module
     from tests.tiny import make_rows, write_jsonl
 
@@ -167,7 +167,7 @@ def test_the_recipes_eval_loss_settings_reach_the_run(tiny_model, task_dir, tmp_
         return real(model, rows, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "evaluate_loss", counting)
-    cfg = TrainConfig(model=str(tiny_model), max_steps=16, precision="fp32", save_every=0, validate_rows=4)
+    cfg = TrainConfig(model=str(tiny_model), max_steps=16, precision="fp32", save_every=0, validate_every=4)
     train(load_task(task_dir / "task.yaml"), cfg, tmp_path / "run")
     records = read_metrics(tmp_path / "run")
     assert set(sizes) == {64}

@@ -28,7 +28,6 @@ CPU_TIME_BUDGET = "15m"
 # Validation: generate answers for this many held-out rows (the task's own metric).
 VALIDATE_ROWS_SHORT = 64  # answers of a few tokens (labels) cost little to generate
 VALIDATE_ROWS_LONG = 32  # longer answers (JSON records, summaries) cost a decoding pass each
-EVAL_LOSS_ROWS = 64
 
 
 @dataclass
@@ -127,7 +126,8 @@ def choose_recipe(cfg: TrainConfig, facts: DataFacts) -> tuple[TrainConfig, Reci
     choose("validate_rows", rows, f"answers of {facts.answer_tokens_mean:.0f} tokens on average: {rows} rows per"
            " validation keep it a small share of the run")  # fmt: skip
     choose("eval_every", 0, "eval loss only at the validations: a diagnostic, once the task's metric selects")
-    choose("eval_max_rows", EVAL_LOSS_ROWS, f"{EVAL_LOSS_ROWS} rows for that diagnostic, so it costs little")
+    n_eval = update.get("validate_rows", cfg.validate_rows)
+    choose("eval_max_rows", n_eval, f"as many rows as a validation ({n_eval}): enough for that diagnostic")
     # model_copy(update=...) skips validation; rebuilding validates and keeps the user's own fields marked as set.
     data = cfg.model_dump(exclude_unset=True) | update
     if lora_update:

@@ -458,6 +458,7 @@ def fit(
                 "elapsed_s": elapsed,
             }
             validating = bool(validator and validate_every and (step % validate_every == 0 or last))
+            t_val = time.perf_counter()  # a validation's cost includes an eval loss measured with it
             if (step % cfg.eval_every == 0 if cfg.eval_every else validating) or last:
                 t_eval = time.perf_counter()
                 eval_loss = evaluate_loss(model, eval_rows, pad_id, cfg.batch_size, accelerator, prepended)
@@ -466,7 +467,7 @@ def fit(
                     record["eval/loss"] = eval_loss
                     best_eval = eval_loss if best_eval is None else min(best_eval, eval_loss)
             if validating:
-                t_val = time.perf_counter()
+                t_score = time.perf_counter()
                 with accelerator.autocast():
                     score = validator.score(accelerator.unwrap_model(model))
                 stale = 0 if best_score is None or score > best_score else stale + 1
@@ -475,7 +476,7 @@ def fit(
                     if best is not None:
                         best.save(accelerator.unwrap_model(model))
                 val_seconds, val_count = val_seconds + time.perf_counter() - t_val, val_count + 1
-                eval_seconds += time.perf_counter() - t_val
+                eval_seconds += time.perf_counter() - t_score
                 validate_every = cadence()
                 record |= {f"val/{validator.metric}": score, "val/best": best_score, "val/best_step": best_step}
                 # Stop early only in the second half of the run (the rate is still high before) and once the model
