@@ -210,3 +210,28 @@ def test_the_budget_replans_when_steps_grow_slower():
     assert step == total  # the schedule's last step was reached, not cut by the hard stop
     assert 90 <= clock <= 100 and 45 <= total <= 53
     assert Budget(None).replan(6, 0, 5.0, 6.0, 1000) is None
+
+
+def test_the_budget_gives_steps_back_when_early_steps_were_slow_but_never_past_the_datas_plan():
+    """Validations close together early (every 5th step costs 10 s more until step 30), then sparse: the first
+    re-plans shrink the run, later ones let it grow again so the budget is used, and never past the 1,000 steps the
+    epochs asked for (or 120 when the data asks for fewer)."""
+    from tasktune.train import Budget
+
+    def run(total: int) -> tuple[int, float, int]:
+        budget, clock, step, smallest = Budget(300.0), 0.0, 0, total
+        while step < total:
+            step += 1
+            clock += 1.0 + (10.0 if 6 < step <= 30 and step % 5 == 0 else 0.0)
+            new = budget.replan(step, 0, 5.0, clock, total)
+            total = new if new is not None else total
+            smallest = min(smallest, total)
+            if budget.out_of_time(clock) and step < total:
+                break
+        return step, clock, smallest
+
+    step, clock, smallest = run(1000)
+    assert smallest < step  # it did shrink first ...
+    assert clock >= 270 and clock <= 300  # ... and then used the budget: 90% or more of it
+    step, clock, _ = run(120)
+    assert step == 120 and clock < 250  # the data's plan is a ceiling

@@ -302,14 +302,16 @@ class Budget:
     """A wall-clock limit on the loop. After PROBE steps the total is planned from the measured seconds per step (the
     first step is left out: it builds kernels and caches), keeping 15% of the time for validations and saves; then,
     RECHECKS times over the run, it is planned again from the average time per step since the probe, validations
-    included, so a run whose steps grow slower still ends its schedule inside the budget. A plan only shrinks. No
-    step starts that would end past the limit."""
+    included, so a run whose steps grow slower still ends its schedule inside the budget, and one whose early
+    validations came closer together than the later ones (their cadence is set once the first is timed) gets the
+    steps back, up to the total the data asked for. No step starts that would end past the limit."""
 
     seconds: float | None
     PROBE = 6
     RECHECKS = 10
     per_step: float | None = None
     probe_end: tuple[int, float] | None = None  # (step, elapsed seconds) when the probe ended
+    ceiling: int | None = None  # the total before the probe (from the epochs): re-plans stay at or under it
 
     def replan(self, step: int, start: int, since_probe: float, elapsed: float, planned: int) -> int | None:
         """The new total steps, or None if the plan stands."""
@@ -318,6 +320,7 @@ class Budget:
         if step == start + self.PROBE:
             self.per_step = since_probe / (self.PROBE - 1)
             self.probe_end = (step, elapsed)
+            self.ceiling = planned
             return max(step, min(planned, step + int(0.85 * (self.seconds - elapsed) / self.per_step)))
         if self.probe_end is None or step <= self.probe_end[0] or step >= planned:
             return None
@@ -325,8 +328,8 @@ class Budget:
         if done % max(1, (planned - self.probe_end[0]) // self.RECHECKS):
             return None
         rate = (elapsed - self.probe_end[1]) / done
-        fits = step + int(0.95 * (self.seconds - elapsed) / rate)
-        return max(step, fits) if fits < planned else None
+        fits = max(step, min(self.ceiling, step + int(0.95 * (self.seconds - elapsed) / rate)))
+        return fits if fits != planned else None
 
     def out_of_time(self, elapsed: float) -> bool:
         return self.seconds is not None and self.per_step is not None and elapsed + self.per_step > self.seconds

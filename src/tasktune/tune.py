@@ -380,7 +380,10 @@ def _run_trial(study, task, overrides, space, cfg, out, left, train_fn, trust) -
     sampled = {} if defaults else sample_settings(trial, space)
     settings = overrides | sampled
     tcfg = merge_overrides(task.train, settings, source=f"trial {trial.number}")
-    if (budget := trial_time_budget(tcfg, left)) is not None:
+    # The defaults trial runs as `tasktune train` would (its own budget); the others share the study's time left
+    # equally, so that the trials asked for fit in it (a pruned trial's unused time goes to the ones after it).
+    allowed = left if defaults or left is None else left / max(1, cfg.trials - len(_finished(study)))
+    if (budget := trial_time_budget(tcfg, allowed)) is not None:
         tcfg = merge_overrides(tcfg, {"time_budget": budget}, source=f"trial {trial.number}")
     run_dir = out / _trial_dir(trial.number)
     shutil.rmtree(run_dir, ignore_errors=True)
