@@ -44,6 +44,13 @@ def test_cpu_and_gpu_recipes_differ_where_the_hardware_does():
     assert cpu.lora.top_layers is None and gpu.lora.top_layers is None  # adapters in every layer: see recipe.py
     for cfg in (cpu, gpu):
         assert cfg.method == "lora" and cfg.learning_rate == 5e-4 and cfg.lora.plus_lr_ratio == 16
+    assert (cpu.patience, gpu.patience) == (0, 3)  # a budget bounds the CPU run: no early stop inside it
+
+
+def test_a_time_budget_given_turns_early_stopping_off_unless_patience_is_given_too():
+    assert choose_recipe(TrainConfig(time_budget="5m"), facts(1000, "cuda"))[0].patience == 0
+    assert choose_recipe(TrainConfig(time_budget="5m", patience=2), facts(1000, "cpu"))[0].patience == 2
+    assert choose_recipe(TrainConfig(max_steps=50), facts(1000, "cpu"))[0].patience == 3  # no budget: stops early
 
 
 def test_explicit_settings_win_from_yaml_and_from_flags():
