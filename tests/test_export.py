@@ -47,7 +47,12 @@ def test_lora_merge_export_passes_parity_and_loads_with_plain_transformers(task_
     assert gen["eos_token_id"] == 2  # <|im_end|>, which ends an answer in this chat template
     report = json.loads((out / "tasktune-export.json").read_text())
     assert report["parity_agreement"] == 1.0 and report["merged"] is True
-    predicted = Predictor.from_run(run, precision="fp32").predict(["urgent the app crashes on login"])[0].output
+    # parity is about the weights: plain transformers decodes free, so the run is read free too
+    predicted = (
+        Predictor.from_run(run, precision="fp32", constrain=False)
+        .predict(["urgent the app crashes on login"])[0]
+        .output
+    )
     assert _plain_answer(out, "urgent the app crashes on login") == predicted
 
 
@@ -66,7 +71,7 @@ def test_a_runs_system_prompt_reaches_predict_and_the_exported_template(task_dir
     _, base_tok = load_base(tiny_model)
     (trained,), _ = encode_rows(ChatFormat(base_tok, ""), [ex], None, 1024)
     prefix = trained.input_ids[: next(i for i, t in enumerate(trained.labels) if t != -100)]
-    predictor = Predictor.from_run(run, precision="fp32")
+    predictor = Predictor.from_run(run, precision="fp32", constrain=False)
     assert predictor.prompt_ids(ex) == prefix
     assert "SmolLM" not in base_tok.decode(prefix)
     assert len(prefix) < len(ChatFormat(base_tok).encode_prompt(ex.prompt_messages))
@@ -100,7 +105,9 @@ def test_full_run_export(task_dir, tiny_model, tmp_path):
     run = _train(task_dir, tiny_model, tmp_path / "run", "full", steps=10)
     result = export(run, tmp_path / "exported")
     assert result.parity_agreement == 1.0 and result.parity_rows == 8 and not result.merged
-    predicted = Predictor.from_run(run, precision="fp32").predict(["please refund my invoice"])[0].output
+    predicted = (
+        Predictor.from_run(run, precision="fp32", constrain=False).predict(["please refund my invoice"])[0].output
+    )
     assert _plain_answer(tmp_path / "exported", "please refund my invoice") == predicted
 
 

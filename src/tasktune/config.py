@@ -33,6 +33,11 @@ class OutputSpec(_Strict):
     free_text_fields: list[str] = Field(
         default_factory=list, description="json fields scored by token F1 instead of exact match (e.g. a title)"
     )
+    copy_fields: list[str] = Field(
+        default_factory=list,
+        description="json string fields copied from the input, as JSON paths ($.name, $[].surface): decoding then"
+        " writes only spans of the request's input there (`tasktune check` suggests them)",
+    )
 
 
 class DataFiles(_Strict):

@@ -44,7 +44,11 @@ def generate(
     max_new_tokens: int,
     batch_size: int = 16,
     desc: str = "generate",
+    constraint=None,
+    inputs: list[str] | None = None,
 ) -> list[Generation]:
+    """`constraint` (a constrain.Constraint) decodes every answer under its grammar; `inputs`, the requests' bare
+    inputs, feed its copy fields."""
     from tqdm.auto import tqdm
 
     tok = fmt.tok
@@ -60,7 +64,13 @@ def generate(
         idx = order[start : start + batch_size]
         ids, mask = pad_left([prompts[i] for i in idx], pad_id)
         t0 = time.perf_counter()
-        out = new_tokens(model, ids.to(device), mask.to(device), **settings)
+        extra = {}
+        if constraint is not None:
+            from transformers import LogitsProcessorList
+
+            rows = [inputs[i] if inputs else "" for i in idx]
+            extra["logits_processor"] = LogitsProcessorList([constraint.processor(rows)])
+        out = new_tokens(model, ids.to(device), mask.to(device), **settings, **extra)
         latency = time.perf_counter() - t0
         for row, i in enumerate(idx):
             new = out[row].tolist()

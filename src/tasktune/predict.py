@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
+from tasktune.constrain import Constraint, vocab_size
 from tasktune.data import Example, examples_from_inputs
 from tasktune.errors import TaskTuneError
 from tasktune.generate import generate
@@ -56,7 +58,12 @@ class Predictor:
         max_new_tokens: int,
         name: str,
         precision: str = "auto",
+        schema: dict | None = None,
+        copy_fields: list[str] = (),
+        constrain: bool = True,
     ):
+        """`constrain`: decode JSON answers under `schema` (any JSON when it is None), with `copy_fields` filled from
+        the input (constrain.py); it has no effect on text tasks."""
         cast_for_inference(model, precision)
         self.model = model
         self.fmt = ChatFormat(tokenizer)
@@ -64,6 +71,16 @@ class Predictor:
         self.output_kind = output_kind
         self.max_new_tokens = max_new_tokens
         self.name = name
+        self.schema = schema
+        self.copy_fields = list(copy_fields)
+        self.constrain = constrain and output_kind == "json"
+
+    @cached_property
+    def constraint(self) -> Constraint | None:
+        if not self.constrain:
+            return None
+        vocab = vocab_size(self.model)
+        return Constraint(self.fmt.tok, self.fmt.stop_ids, vocab, self.schema, copy_fields=self.copy_fields)
 
     @classmethod
     def from_run(
@@ -74,6 +91,7 @@ class Predictor:
         *,
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
+        constrain: bool = True,
     ) -> Predictor:
         """Load a run. `merge`: None folds the adapter into the weights where the method allows it (LoRA);
         True demands it (an error for prefix and prompt tuning, which cannot be merged); False never merges.
@@ -108,6 +126,9 @@ class Predictor:
             max_new_tokens=info.max_new_tokens,
             name=run.name,
             precision=precision,
+            schema=info.schema,
+            copy_fields=info.copy_fields,
+            constrain=constrain,
         )
 
     @classmethod
@@ -121,6 +142,9 @@ class Predictor:
         precision: str = "auto",
         allow_pickle: bool = False,
         trust_remote_code: bool = False,
+        schema: dict | None = None,
+        copy_fields: list[str] = (),
+        constrain: bool = True,
     ) -> Predictor:
         path = resolve_model(spec).path
         model, tok = load_base(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -132,6 +156,9 @@ class Predictor:
             max_new_tokens=max_new_tokens,
             name=spec,
             precision=precision,
+            schema=schema,
+            copy_fields=copy_fields,
+            constrain=constrain,
         )
 
     def prompt_ids(self, example: Example, shots: list[Example] = ()) -> list[int]:
@@ -159,6 +186,8 @@ class Predictor:
             max_new_tokens=max_new_tokens or self.max_new_tokens,
             batch_size=batch_size,
             desc=f"predict {self.name}",
+            constraint=self.constraint,
+            inputs=[ex.input_text for ex in examples],
         )
         preds = []
         for ex, g in zip(examples, gens, strict=True):

@@ -38,6 +38,9 @@ class RunInfo:
     instruction_in_prompt: bool  # whether a tuned run's prompts carry the instruction
     max_new_tokens: int
     precision: str
+    schema: dict | None = None  # JSON tasks: the schema answers are decoded under (the task's, or inferred)
+    schema_source: str = ""  # "task" or "inferred from N training answers"
+    copy_fields: list[str] = field(default_factory=list)
     created: float = field(default_factory=time.time)
     format: int = RUN_FORMAT
 

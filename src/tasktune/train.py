@@ -30,6 +30,7 @@ from tasktune.checkpoint import (
     unsupported_reason,
 )
 from tasktune.config import TaskConfig, TrainConfig
+from tasktune.constrain import task_schema
 from tasktune.data import Example, read_examples
 from tasktune.distributed import check_engine, quiet_unless_main
 from tasktune.durations import budget_seconds
@@ -710,6 +711,7 @@ def train(
     if accelerator.is_main_process:
         with atomic_dir(out / strategy.weights_dir) as tmp:
             save_trained(accelerator.unwrap_model(model), tok, tmp, state_dict=weights)
+        schema, schema_source = task_schema(task, rows)
         RunInfo(
             method=cfg.method,
             base_model=cfg.model,
@@ -721,6 +723,9 @@ def train(
             instruction_in_prompt=task.train_with_instruction,
             max_new_tokens=suggest_max_new_tokens(train_rows),
             precision=precision,
+            schema=schema,
+            schema_source=schema_source,
+            copy_fields=task.output.copy_fields,
         ).save(out)
     if best is not None:
         best.discard()

@@ -135,7 +135,8 @@ def diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> Diagnosis:
     train_settings = train.model_dump(mode="json") | {"learning_rate": train.resolved_learning_rate()}
     findings, curves = curve_findings(read_metrics(run), train_settings, run, len(train_rows) or None)
 
-    predictor = Predictor.from_run(run, precision=cfg.precision)
+    # free decoding: the doctor looks at what the weights learnt, which the JSON constraint would hide (no stop, drift)
+    predictor = Predictor.from_run(run, precision=cfg.precision, constrain=False)
     tok = predictor.fmt.tok
     data_codes = _data_codes(task, train, tok) if cfg.data_check else {}
     kind = info.output_kind
@@ -182,7 +183,7 @@ def diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> Diagnosis:
                                                                   max_new_tokens=cfg.probe_max_new_tokens)]  # fmt: skip
         del predictor
         base_spec = info.base_model_path if (Path(info.base_model_path) / "config.json").is_file() else info.base_model
-        base_pred = Predictor.from_base(base_spec, instruction=None, output_kind=kind,
+        base_pred = Predictor.from_base(base_spec, instruction=None, output_kind=kind, constrain=False,
                                         max_new_tokens=cfg.probe_max_new_tokens, precision=cfg.precision)  # fmt: skip
         base = [(p.output, p.stopped) for p in base_pred.predict(prompts, batch_size=cfg.batch_size)]
 
