@@ -188,9 +188,12 @@ def test_compare_report_contents(tiny_model, task_dir):
     for r in rows.values():
         assert 0 <= r["quality"] <= 1 and r["latency_ms_mean"] > 0 and r["peak_rss_mb"] > 0
     assert data["budget"]["budget_tokens"] == 1200 and data["prices"]["price_per_train_hour"] == 0.10
-    # the tiny random model scores nothing, so there is nothing to recommend (the ranking itself is tested on hand-made
-    # rows in test_recommendation_is_none_when_no_method_scored)
-    assert max(r["quality"] for r in rows.values()) == 0 and result.recommended == "none"
+    # the tiny model writes no JSON by itself, so the free baselines score nothing; the trained methods decode under
+    # the task's (inferred) schema, so every answer is valid JSON and the fields it gets right by chance score
+    assert rows["instruction"]["quality"] == rows["few-shot"]["quality"] == 0
+    assert not rows["instruction"]["constrained"] and rows["full"]["constrained"] and rows["prefix"]["constrained"]
+    assert rows["full"]["format_valid_rate"] == rows["prefix"]["format_valid_rate"] == 1.0
+    assert result.recommended in ("prefix", "full")
     md = (out / "report.md").read_text()
     assert "| method |" in md and "break-even requests =" in md and "TODO" not in md
     html = (out / "report.html").read_text()
@@ -255,7 +258,7 @@ def test_virtual_token_runs_generate_what_the_trained_model_predicts(tiny_model,
     prompt at a time through the training forward (peft's, no padding, no cache) gives."""
     task = load_task(task_dir / "task.yaml")
     train(task, _cfg(tiny_model, method, learning_rate=0.1), task_dir / "run")
-    predictor = Predictor.from_run(task_dir / "run", precision="fp32")
+    predictor = Predictor.from_run(task_dir / "run", precision="fp32", constrain=False)  # the reference is free
     scramble_weights(predictor.model)
     predictor.fmt.stop_ids = [len(predictor.fmt.tok) - 1]  # a tiny model stops at once; let it say something
     inputs = ["hi", "the app crashes every time I open the settings page on my phone, please fix", "refund please"]

@@ -224,7 +224,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not out.parent.exists() or not out.parent.is_dir():
             raise TaskTuneError(f"cannot write {out}: folder {out.parent} does not exist", "create it first")
     examples = read_examples(args.file, require_answer=False) if args.file else None
-    predictor = Predictor.from_run(args.run, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code)
+    predictor = Predictor.from_run(args.run, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
+                                   constrain=not args.no_constrain)  # fmt: skip
     preds = predictor.predict(
         examples if examples is not None else args.input, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
     )
@@ -240,6 +241,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from tasktune.config import load_task
+    from tasktune.constrain import task_schema
     from tasktune.evaluate import evaluate, format_table, format_worst, pick_shots
     from tasktune.fsio import atomic_write_json
     from tasktune.predict import Predictor
@@ -260,7 +262,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     shots = pick_shots(task, args.shots)
     if args.run:
         predictor = Predictor.from_run(
-            args.run, precision=args.precision, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code
+            args.run,
+            precision=args.precision,
+            allow_pickle=args.allow_pickle,
+            trust_remote_code=args.trust_remote_code,
+            constrain=not args.no_constrain,
         )
         mode = "bare_input"
     else:
@@ -274,6 +280,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             precision=args.precision,
             allow_pickle=args.allow_pickle,
             trust_remote_code=args.trust_remote_code,
+            schema=task_schema(task)[0],
+            copy_fields=task.output.copy_fields,
+            constrain=not args.no_constrain,
         )
         mode = "with_instruction" if instruction else "bare_input"
     if args.max_new_tokens:
@@ -353,7 +362,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         except ValueError:
             raise TaskTuneError(f"--learning-rates: {item!r} is not NAME=RATE", "e.g. prompt=3e-2,lora=2e-4") from None
     settings = {"methods": [m.strip() for m in args.methods.split(",") if m.strip()], "learning_rates": lrs,
-                "isolate": not args.in_process, "redo": args.redo}  # fmt: skip
+                "isolate": not args.in_process, "redo": args.redo, "constrain": not args.no_constrain}  # fmt: skip
     for key in ("budget_tokens", "shots", "priority", "price_per_1k_prompt_tokens", "price_per_train_hour",
                 "requests", "test_rows", "eval_batch_size"):  # fmt: skip
         if getattr(args, key) is not None:
@@ -483,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write predictions as JSONL here")
     p.add_argument("--batch-size", type=int, default=16, help="inputs per generation batch")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default: from training)")
+    p.add_argument("--no-constrain", action="store_true", help="JSON tasks: decode freely instead of under the"
+                   " schema (to measure what the constraint changes)")  # fmt: skip
     _add_trust_flags(p)
     p.set_defaults(func=cmd_predict)
 
@@ -501,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="inference precision")
     p.add_argument("--agreement-with", metavar="DATA", help="distill output folder: agreement of RUN (bare input) with"
                    " its instructed teacher on DATA/test.jsonl")  # fmt: skip
+    p.add_argument("--no-constrain", action="store_true", help="JSON tasks: decode freely instead of under the"
+                   " schema (to measure what the constraint changes)")  # fmt: skip
     _add_trust_flags(p)
     p.set_defaults(func=cmd_eval)
 
@@ -532,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare instruction, few-shot, prompt, prefix, lora and full on one task")
     p.add_argument("task", help="task file (task.yaml) with data.train and data.test")
-    p.add_argument("--methods", default="instruction,few-shot,prompt,prefix,lora,full", help="comma-separated methods")
+    p.add_argument("--methods", default="instruction,instruction-constrained,few-shot,prompt,prefix,lora,full",
+                   help="comma-separated methods (instruction-constrained: JSON tasks only)")  # fmt: skip
     p.add_argument("--out", required=True, help="folder for the report; rerun with the same folder to resume")
     p.add_argument("--budget-tokens", type=int, help="training tokens every trained method gets (default: 100000)")
     p.add_argument("--shots", type=int, help="examples in each few-shot prompt (default: 3)")
@@ -550,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rates", help="per-method peak rates, e.g. prompt=3e-2,lora=2e-4 (default per method)")
     p.add_argument("--redo", action="store_true", help="re-measure finished methods whose settings changed")
     p.add_argument("--in-process", action="store_true", help="run methods in this process (peak memory is shared)")
+    p.add_argument("--no-constrain", action="store_true", help="JSON tasks: score the trained methods' free decoding"
+                   " instead of decoding under the schema")  # fmt: skip
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=cmd_compare)
 

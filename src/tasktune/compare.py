@@ -29,6 +29,7 @@ from typing import Literal
 from pydantic import Field
 
 from tasktune.config import DEFAULT_LEARNING_RATES, TaskConfig, TrainConfig, _Strict, load_task, merge_overrides
+from tasktune.constrain import task_schema
 from tasktune.data import read_examples
 from tasktune.errors import ConfigError, TaskTuneError
 from tasktune.evaluate import evaluate, pick_shots
@@ -38,9 +39,12 @@ from tasktune.predict import Predictor
 from tasktune.rundir import file_fingerprint, read_metrics
 from tasktune.train import train
 
-BASELINES = ("instruction", "few-shot")
+# `instruction` and `few-shot` decode freely, as a prompt-only deployment does today; `instruction-constrained` is the
+# base model with the instruction under the task's JSON Schema: what the constraint alone buys, without training.
+BASELINES = ("instruction", "instruction-constrained", "few-shot")
 TRAINED = ("prompt", "prefix", "lora", "full")
 ALL_METHODS = BASELINES + TRAINED
+JSON_ONLY = ("instruction-constrained",)
 # Settings the comparison sets per method itself: a value from the task file or the command line would be unfair.
 PER_METHOD_KEYS = ("method", "max_steps", "epochs", "learning_rate")
 
@@ -64,6 +68,7 @@ class CompareConfig(_Strict):
         default_factory=dict, description="peak learning rate per trained method (default: DEFAULT_LEARNING_RATES)"
     )
     isolate: bool = Field(True, description="run each method in its own process (own peak memory, no shared caches)")
+    constrain: bool = Field(True, description="JSON tasks: the trained methods decode under the task's schema")
     redo: bool = Field(False, description="measure again methods whose earlier result has other settings")
 
     def check(self) -> None:
@@ -154,10 +159,13 @@ def plan_methods(task_file: Path, task: TaskConfig, ccfg: CompareConfig, base: T
     trained = [m for m in ccfg.methods if m in TRAINED]
     plan = plan_budget(ccfg.budget_tokens, _training_row_lengths(task, base), base) if trained else None
     specs = {}
+    schema = task_schema(task)[0] if task.output.kind == "json" else None
     for m in ccfg.methods:
         spec = common | {"method": m}
         if m == "few-shot":
             spec["shots"] = ccfg.shots
+        if schema is not None and (m == "instruction-constrained" or (m in TRAINED and ccfg.constrain)):
+            spec["constrain"] = {"schema": schema, "copy_fields": task.output.copy_fields}
         if m in TRAINED:
             spec["train"] = method_config(base, m, plan, ccfg.learning_rates).model_dump(mode="json")
             spec["budget"] = asdict(plan) | {"planned_tokens": plan.planned_tokens}
@@ -204,15 +212,19 @@ def run_method(spec: dict, method_dir: Path, isolated: bool = False) -> dict:
         result["artefact_bytes"] = _weights_bytes(run_dir / strategy.weights_dir)
         result["virtual_tokens"] = strategy.prepended_tokens(cfg)
         result["loss_curve"] = [[r["step"], r["train/loss"]] for r in read_metrics(run_dir) if "train/loss" in r]
-        predictor = Predictor.from_run(run_dir)
+        predictor = Predictor.from_run(run_dir, constrain="constrain" in spec)
         shots, mode = [], "bare_input"
     else:
+        constraint = spec.get("constrain") or {}
         predictor = Predictor.from_base(
             spec["model"],
             instruction=task.instruction,
             output_kind=task.output.kind,
             max_new_tokens=spec["max_new_tokens"],
             precision=spec["precision"],
+            schema=constraint.get("schema"),
+            copy_fields=constraint.get("copy_fields", []),
+            constrain=bool(constraint),
         )
         shots = pick_shots(task, spec["shots"], spec["seed"]) if method == "few-shot" else []
         mode = f"few_shot_{len(shots)}" if shots else "with_instruction"
@@ -234,6 +246,7 @@ def run_method(spec: dict, method_dir: Path, isolated: bool = False) -> dict:
         "latency_ms_mean": report.latency_ms_mean,
         "examples_per_s": report.examples_per_s,
         "stopped_rate": report.stopped_rate,
+        "constrained": report.constrained,
         "n": report.n,
         "eval_seconds": report.seconds,
         "rss_start_mb": rss_start,
@@ -303,6 +316,10 @@ def compare(task_file: str | Path, ccfg: CompareConfig, out: str | Path, train_o
         )
     task_file = Path(task_file)
     task = load_task(task_file)
+    if task.output.kind != "json" and any(m in JSON_ONLY for m in ccfg.methods):
+        skipped = [m for m in ccfg.methods if m in JSON_ONLY]
+        print(f"tasktune compare: skipping {', '.join(skipped)}: the task's answers are text, not JSON")
+        ccfg = ccfg.model_copy(update={"methods": [m for m in ccfg.methods if m not in JSON_ONLY]})
     if task.data_path("test") is None:
         raise ConfigError(f"{task_file}: compare scores every method on held-out rows, but data.test is not set",
                           "add a test file to the task (rows never used in training)")  # fmt: skip
@@ -496,6 +513,7 @@ def _settings_rows(result: CompareResult) -> list[tuple[str, str]]:
         spec = r["spec"]
         if r["train"] is None:
             what = "base model + instruction" + (f" + {spec['shots']} examples" if "shots" in spec else "")
+            what += "; decoded under the task's JSON Schema" if "constrain" in spec else ""
         else:
             t = spec["train"]
             size = {"lora": f"r={t['lora']['r']} alpha={t['lora']['alpha']}", "full": "all weights",

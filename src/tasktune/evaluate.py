@@ -37,6 +37,7 @@ class EvalReport:
     worst: list[dict] = field(default_factory=list)
     predictions: list[dict] = field(default_factory=list)
     main: str | None = None  # the task's `metric`, when it names one of the metrics computed
+    constrained: bool = False  # JSON answers decoded under the schema (constrain.py)
 
     def to_dict(self, with_predictions: bool = False) -> dict:
         d = asdict(self)
@@ -97,6 +98,7 @@ def evaluate(predictor: Predictor, examples: list[Example], task: TaskConfig, *,
         worst=worst,
         predictions=[_pred_row(ex, p) for ex, p in zip(examples, preds, strict=True)],
         main=_main_metric(task, metrics, refs),
+        constrained=predictor.constraint is not None,
     )
 
 
@@ -139,6 +141,8 @@ def format_table(reports: list[EvalReport]) -> str:
         ("stopped at EOS", [f"{r.stopped_rate:.1%}" for r in reports]),
         ("n", [str(r.n) for r in reports]),
     ]
+    if any(r.constrained for r in reports) or "valid_json_rate" in reports[0].metrics:
+        rows.append(("decoding", ["schema-constrained" if r.constrained else "free" for r in reports]))
     width = max(len(r[0]) for r in rows) + 2
     cols = [max(len(r.name), *(len(v[i]) for _, v in rows)) + 2 for i, r in enumerate(reports)]
     lines = [" " * width + "".join(r.name.rjust(c) for r, c in zip(reports, cols, strict=True))]
