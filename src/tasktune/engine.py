@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import random
 import threading
 from collections import deque
@@ -50,6 +51,21 @@ class Served:
     context: int  # positions the model can attend to: prompt + answer must fit
     base: str | None = None  # the base model's name, for the listing
     run: str | None = None
+    schema: dict | None = None  # a JSON run's schema: chat requests are decoded under it unless they ask otherwise
+    copy_fields: list[str] = field(default_factory=list)
+    _constraints: dict = field(default_factory=dict, repr=False)  # compiled schemas, by their JSON text
+
+    def constraint(self, schema: dict | None, copy_fields: list[str] = (), where: str = "output.schema"):
+        """The compiled constraint for `schema` on this model (cached: clients send the same schema again)."""
+        from tasktune.constrain import Constraint, vocab_size
+
+        key = json.dumps([schema, list(copy_fields)], sort_keys=True)
+        if key not in self._constraints:
+            if len(self._constraints) >= 64:  # a bounded cache: a client that sends a new schema each time
+                self._constraints.pop(next(iter(self._constraints)))
+            self._constraints[key] = Constraint(self.fmt.tok, self.fmt.stop_ids, vocab_size(self.model), schema,
+                                                copy_fields=copy_fields, where=where)  # fmt: skip
+        return self._constraints[key]
 
     @property
     def batch_key(self) -> tuple:
@@ -79,6 +95,8 @@ class GenRequest:
     on_done: Callable[[GenResult | BaseException], None] = lambda r: None
     on_delta: Callable[[str], None] | None = None  # streaming: new text as it is decided
     cancelled: bool = False  # the client went away: the row stops at the next step
+    constraint: object | None = None  # a constrain.Constraint: the answer is decoded under its grammar
+    input_text: str = ""  # the bare input, for a constraint's copy fields
 
 
 class QueueFull(Exception):
@@ -268,6 +286,13 @@ class Engine:
         ids, mask = pad_left([r.prompt_ids for r in batch], pad_id)
         rows = [_Row(r, fmt) for r in batch]
         sampler, tracker = _hooks(rows)
+        processors = [sampler]
+        if any(r.constraint is not None for r in batch):
+            from tasktune.constrain import ConstrainedLogits, vocab_size
+
+            matchers = [None if r.constraint is None else r.constraint.matcher(r.input_text) for r in batch]
+            # before the sampler: a sampled row draws among the tokens its grammar allows
+            processors.insert(0, ConstrainedLogits(matchers, vocab_size(model), fmt.stop_ids))
         if served.adapter is not None:
             model.set_adapter(served.adapter)
         switch = model.disable_adapter() if served.use_base else contextlib.nullcontext()
@@ -281,7 +306,7 @@ class Engine:
                 do_sample=False,
                 eos_token_id=fmt.stop_ids,
                 pad_token_id=pad_id,
-                logits_processor=LogitsProcessorList([sampler]),
+                logits_processor=LogitsProcessorList(processors),
                 stopping_criteria=StoppingCriteriaList([tracker]),
             )
         self.batches += 1
@@ -356,6 +381,8 @@ def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callab
                 context=_context(base),
                 base=base_model_name(info),
                 run=str(runs[name]),
+                schema=_run_schema(info),
+                copy_fields=info.copy_fields,
             )
         cast_for_inference(shared, precision)
         shared.eval()
@@ -398,12 +425,19 @@ def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callab
             context=_context(p.model, virtual),
             base=base_model_name(info),
             run=str(runs[name]),
+            schema=_run_schema(info),
+            copy_fields=info.copy_fields,
         )
     for alias, name in aliases.items():
         if alias in served:
             raise TaskTuneError(f"--alias {alias}: that name is already served", "choose another alias")
         served[alias] = dataclasses.replace(served[name], name=alias)
     return served
+
+
+def _run_schema(info: RunInfo) -> dict | None:
+    """A JSON run's schema ({} = any JSON, for runs trained before runs kept one); None for text runs."""
+    return (info.schema or {}) if info.output_kind == "json" else None
 
 
 def wait_result(req: GenRequest, engine: Engine, timeout: float | None = None) -> GenResult:

@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasktune.engine import Engine, GenRequest, GenResult, QueueFull, Served
-from tasktune.errors import TaskTuneError
+from tasktune.errors import ConfigError, TaskTuneError
 
 log = logging.getLogger("tasktune.serve")
 
@@ -101,9 +101,22 @@ class _Sampling(_Body):
         return stops
 
 
+class JsonSchemaFormat(_Body):
+    name: str = "response"
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -195,6 +208,23 @@ def create_app(engine: Engine, served: dict[str, Served], config: ServeConfig):
             strip=strip,
         )
 
+    def constraint_for(s: Served, fmt: ResponseFormat | None):
+        """OpenAI's response_format: json_schema decodes under the client's schema, json_object under any JSON
+        object, text freely; without one, a JSON run's requests are decoded under the run's own schema."""
+        if fmt is None:
+            return None if s.schema is None else s.constraint(s.schema, s.copy_fields)
+        if fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return s.constraint({"type": "object"}, where="response_format")
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            raise ServeError(400, "response_format: json_schema needs json_schema.schema (a JSON Schema object)",
+                             param="response_format")  # fmt: skip
+        try:
+            return s.constraint(fmt.json_schema.schema_, where="response_format.json_schema.schema")
+        except ConfigError as e:
+            raise ServeError(400, e.message, param="response_format") from None
+
     def submit(req: GenRequest) -> None:
         try:
             engine.submit(req)
@@ -275,6 +305,8 @@ def create_app(engine: Engine, served: dict[str, Served], config: ServeConfig):
         except Exception as e:  # the model's chat template rejects this conversation (jinja raises)
             raise ServeError(400, f"messages: the model's chat template rejects them: {e}", param="messages") from None
         req = plan(s, prompt_ids, body, body.max_completion_tokens or body.max_tokens, strip=True)
+        req.constraint = constraint_for(s, body.response_format)
+        req.input_text = next((m.as_dict()["content"] for m in reversed(body.messages) if m.role == "user"), "")
         rid, t = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
 
@@ -306,7 +338,10 @@ def create_app(engine: Engine, served: dict[str, Served], config: ServeConfig):
                 ids = s.fmt.tok.encode(p, add_special_tokens=False)
             else:  # a tuned run knows one prompt format: the bare input as the user turn
                 ids = s.fmt.encode_prompt(s.fmt.with_instruction([{"role": "user", "content": p}], s.instruction))
-            reqs.append(plan(s, ids, body, body.max_tokens, strip=s.kind != "base"))
+            req = plan(s, ids, body, body.max_tokens, strip=s.kind != "base")
+            if s.kind != "base":  # the run's answer to a bare input, as `tasktune predict` gives it: under its schema
+                req.constraint, req.input_text = constraint_for(s, None), p
+            reqs.append(req)
         rid, t = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
 
