@@ -25,6 +25,7 @@ digests, a line number, two token counts, a 256-byte MinHash signature and its 4
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -45,6 +46,7 @@ from tasktune.pii import scan as scan_pii
 from tasktune.render import ChatFormat
 
 SEVERITIES = ("error", "warning", "info")
+MAX_SCHEMA_ROWS = 20_000  # training answers kept for the schema and copy-field findings (they settle long before)
 BATCH_ROWS = 512  # rows tokenized and MinHashed together; bounds the texts held at once
 
 
@@ -89,6 +91,12 @@ RULES: dict[str, Rule] = {
                           "on this data and learns little else"),
     "label-distribution": Rule("info", "distribution of categorical answer fields", "compare with the distribution "
                                "you expect in production"),
+    "inferred-schema": Rule("info", "the JSON Schema the training answers follow (the task has none)", "answers are "
+                            "decoded under it; `--fix OUT` writes it as OUT/schema.json for you to edit, and OUT/"
+                            "task.yaml points at it"),
+    "copy-fields": Rule("info", "string fields whose values are copied from the input", "set output.copy_fields to "
+                        "these paths in the task file: decoding then writes only spans of the request's input there, "
+                        "so a misspelt or invented value cannot come out"),
     # duplicates and leakage
     "duplicate-exact": Rule("warning", "rows that repeat an earlier row", "delete the repeats: each copy adds weight "
                             "to one case; --fix keeps the first", True),
@@ -193,6 +201,7 @@ class CheckReport:
     findings: list[Finding]
     seconds: float = 0.0
     drops: dict[str, dict[int, tuple[str, str]]] = field(default_factory=dict, repr=False)
+    inferred_schema: dict | None = None  # JSON tasks without a schema: what the training answers follow
 
     def count(self, severity: str) -> int:
         return sum(f.severity == severity for f in self.findings)
@@ -290,6 +299,9 @@ class _Checker:
         self.render = _Renderer(self.fmt)
         self.hasher = MinHasher(cfg.near_duplicate_threshold, shingle_words=cfg.shingle_words)
         self.train: _SplitScan | None = None
+        self.task = task
+        self.pairs: list[tuple[str, object]] = []  # (input, parsed answer) of JSON training rows: schema, copy fields
+        self.inferred_schema: dict | None = None
 
     # --- per row --------------------------------------------------------------------------------------------------
     def scan_split(self, name: str, path: Path) -> _SplitScan:
@@ -310,6 +322,9 @@ class _Checker:
         single = sum(m["role"] == "assistant" for m in ex.messages) == 1
         self.check_content(s, line, ex, single)
         answer_key = self.check_answer(s, line, ex.answer)
+        if self.kind == "json" and s.name == "train" and len(self.pairs) < MAX_SCHEMA_ROWS:
+            with contextlib.suppress(json.JSONDecodeError):
+                self.pairs.append((ex.input_text, json.loads(ex.answer)))
         prompt_key = "\x1f".join(f"{m['role']}\x1e{normalise(m['content'])}" for m in ex.prompt_messages)
         s.lines.append(line)
         s.prompt_digest.append(digest(prompt_key))
@@ -531,6 +546,8 @@ class _Checker:
         if train is not None:
             self.check_labels(train)
             self.check_size(train)
+            if self.pairs:
+                self.check_structure(train)
         held = splits.get("test") or splits.get("eval") or next((s for n, s in splits.items() if n != "train"), None)
         if held is not None:
             self.check_eval_size(held)
@@ -562,6 +579,26 @@ class _Checker:
                 f"{p}: " + ", ".join(f"{v} {share:.0%}" for v, share in list(d.items())[:4]) for p, d in dist.items()
             ]
             self.found.get("label-distribution", s.name, f"{s.name}: " + "; ".join(parts[:6])).evidence = dist
+
+    def check_structure(self, s: _SplitScan) -> None:
+        """The schema the answers follow when the task has none, and the fields the answers copy from the input."""
+        from tasktune.constrain import copy_shares, infer_schema, suggested_copy_fields
+
+        if self.task is not None and self.task.json_schema() is None:
+            self.inferred_schema = infer_schema([a for _, a in self.pairs])
+            text = _short(json.dumps(self.inferred_schema, ensure_ascii=False), 400)
+            f = self.found.get("inferred-schema", s.name, f"{s.name}: no output.schema; the {len(self.pairs):,} "
+                               f"answers follow {text}")  # fmt: skip
+            f.evidence = {"schema": self.inferred_schema}
+        known = set(self.task.output.copy_fields) if self.task is not None else set()
+        fields = [p for p in suggested_copy_fields(self.pairs) if p not in known]
+        if fields:
+            shares = copy_shares(self.pairs)
+            parts = [f"{p} ({shares[p][0]:,} of {shares[p][1]:,} values)" for p in fields]
+            f = self.found.get("copy-fields", s.name, f"{s.name}: values that are spans of their input: "
+                               + ", ".join(parts) + f"; set output.copy_fields: {json.dumps(fields)}")  # fmt: skip
+            f.count = len(fields)
+            f.evidence = {"copy_fields": fields}
 
     def check_size(self, s: _SplitScan) -> None:
         need = MIN_ROWS.get(self.cfg.method, MIN_ROWS["lora"])
@@ -841,6 +878,7 @@ def check_dataset(splits: dict[str, str | Path], *, task: TaskConfig | None = No
     return CheckReport(
         model=cfg.model, max_length=cfg.max_length, method=cfg.method, answer_kind=checker.kind or "text",
         splits=summaries, findings=findings, seconds=time.perf_counter() - t0, drops=checker.found.drops,
+        inferred_schema=checker.inferred_schema,
     )  # fmt: skip
 
 
@@ -928,7 +966,7 @@ def write_fixed(report: CheckReport, splits: dict[str, str | Path], out: str | P
     line per dropped row with its file, line and reason; with a task, a task.yaml that points at the copies. Input
     files are never modified. Returns the rows kept per split.
     """
-    from tasktune.fsio import atomic_open, ensure_writable_dir
+    from tasktune.fsio import atomic_open, atomic_write_text, ensure_writable_dir
 
     out = check_fix_target(splits, out)
     ensure_writable_dir(out, what="--fix folder")
@@ -964,7 +1002,12 @@ def write_fixed(report: CheckReport, splits: dict[str, str | Path], out: str | P
                         dst.write(line if line.endswith("\n") else line + "\n")
                         kept[name] += 1
     if task is not None:
-        _write_fixed_task(task, {n: Path(p) for n, p in splits.items()}, out)
+        schema = None
+        if report.inferred_schema is not None and task.json_schema() is None:
+            atomic_write_text(out / "schema.json", json.dumps(report.inferred_schema, indent=2, ensure_ascii=False)
+                              + "\n")  # fmt: skip
+            schema = "schema.json"
+        _write_fixed_task(task, {n: Path(p) for n, p in splits.items()}, out, schema=schema)
     return kept
 
 
@@ -983,8 +1026,8 @@ def check_fix_target(splits: dict[str, str | Path], out: str | Path) -> Path:
     return out
 
 
-def _write_fixed_task(task: TaskConfig, splits: dict[str, Path], out: str | Path) -> Path:
-    """A task.yaml in `out` that points at the cleaned copies (schema path made absolute)."""
+def _write_fixed_task(task: TaskConfig, splits: dict[str, Path], out: str | Path, schema: str | None = None) -> Path:
+    """A task.yaml in `out` that points at the cleaned copies (schema path made absolute, or `schema` in `out`)."""
     import yaml
 
     from tasktune.fsio import atomic_write_text
@@ -993,6 +1036,8 @@ def _write_fixed_task(task: TaskConfig, splits: dict[str, Path], out: str | Path
     data["data"] = {name: (Path(splits[name]).name if name in splits else None) for name in ("train", "eval", "test")}
     if isinstance(task.output.schema_, str):
         data["output"]["schema"] = str((task.base_dir / task.output.schema_).resolve())
+    if schema is not None:
+        data["output"]["schema"] = schema
 
     class Dumper(yaml.SafeDumper):  # multi-line strings (the instruction) as readable `|` blocks
         pass

@@ -65,6 +65,11 @@ class DistillConfig(_Strict):
     max_retries: int = Field(6, ge=0, description="retries per request on 429/408/409/5xx/timeouts, backing off")
     timeout: float = Field(120.0, gt=0, description="seconds one endpoint request may take")
     max_tokens: int = Field(256, ge=1, description="answer length cap; answers cut off at it are dropped")
+    constrain: bool = Field(
+        True,
+        description="JSON tasks: the teacher answers under the task's JSON Schema (a local"
+        " teacher decodes under it; an endpoint gets it as response_format json_schema)",
+    )
     temperature: float = Field(0.0, ge=0, le=2, description="teacher sampling temperature (0: greedy)")
     answer_pattern: str | None = Field(
         None, description="regular expression a text answer must contain (re.search) to be kept, e.g. a rule's marker"
@@ -171,6 +176,17 @@ class AnswerCache:
 
 
 # --- teachers --------------------------------------------------------------------------------------------------------
+def _teacher_schema(cfg: DistillConfig, task: TaskConfig) -> dict | None:
+    """The schema the teacher answers under: the task's (or its training answers'); None when unconstrained."""
+    from tasktune.constrain import task_schema
+
+    return task_schema(task)[0] if cfg.constrain and task.output.kind == "json" else None
+
+
+def _schema_name(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:64] or "answer"  # OpenAI's rule for json_schema.name
+
+
 class EndpointTeacher:
     """Any OpenAI-compatible chat endpoint, through the official `openai` client.
 
@@ -179,7 +195,7 @@ class EndpointTeacher:
     bounds them. Errors that would repeat for every input (wrong key, unknown model, endpoint unreachable) stop the
     run; an error about one input (e.g. 400 context length) drops that input."""
 
-    def __init__(self, cfg: DistillConfig):
+    def __init__(self, cfg: DistillConfig, task: TaskConfig):
         try:
             import openai
         except ImportError:
@@ -193,16 +209,22 @@ class EndpointTeacher:
                                     timeout=cfg.timeout)  # fmt: skip
         self.cfg = cfg
         self.id = f"endpoint:{cfg.teacher_url.rstrip('/')}:{cfg.teacher_model}"
+        self.schema = _teacher_schema(cfg, task)
+        self.extra = {}
+        if self.schema:  # an empty schema (any JSON) has no response_format that every endpoint takes: none is sent
+            spec = {"name": _schema_name(task.name), "schema": self.schema, "strict": True}
+            self.extra["response_format"] = {"type": "json_schema", "json_schema": spec}
 
     def settings(self) -> dict:
-        return {"max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature}
+        out = {"max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature}
+        return out | ({"response_format": self.extra["response_format"]} if self.extra else {})
 
     def ask(self, job: Job) -> Answer:
         openai = self.openai
         try:
             raw = self.client.chat.completions.with_raw_response.create(
                 model=self.cfg.teacher_model, messages=job.messages, max_tokens=self.cfg.max_tokens,
-                temperature=self.cfg.temperature,
+                temperature=self.cfg.temperature, **self.extra,
             )  # fmt: skip
             r = raw.parse()
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
@@ -287,18 +309,22 @@ class LocalTeacher:
         from tasktune.predict import Predictor
 
         if self._predictor is None:
+            schema = _teacher_schema(self.cfg, self.task)
             if self.path is None:
-                p = Predictor.from_run(self.run, precision=self.cfg.precision)
+                p = Predictor.from_run(self.run, precision=self.cfg.precision, constrain=schema is not None)
             else:
                 p = Predictor.from_base(str(self.path), instruction=None, output_kind=self.task.output.kind,
-                                        precision=self.cfg.precision)  # fmt: skip
+                                        precision=self.cfg.precision, schema=schema,
+                                        copy_fields=self.task.output.copy_fields,
+                                        constrain=schema is not None)  # fmt: skip
             p.instruction = self.task.instruction or None  # the teacher always gets the task's instruction
             p.max_new_tokens = self.cfg.max_tokens
             self._predictor = p
         return self._predictor
 
     def settings(self) -> dict:
-        return {"max_tokens": self.cfg.max_tokens, "temperature": 0.0, "precision": self.cfg.precision}
+        out = {"max_tokens": self.cfg.max_tokens, "temperature": 0.0, "precision": self.cfg.precision}
+        return out | ({"constrain": True} if _teacher_schema(self.cfg, self.task) is not None else {})
 
     def label(self, jobs: list[Job]) -> Iterator[tuple[Job, Answer | Exception]]:
         size = self.cfg.concurrency
@@ -410,7 +436,7 @@ def distill(task_file: str | Path, inputs: str | Path, out: str | Path, cfg: Dis
     schema = task.json_schema()
     shots = pick_shots(task, cfg.shots, cfg.seed)
     if teacher is None:
-        teacher = EndpointTeacher(cfg) if cfg.teacher_url else LocalTeacher(cfg, task, shots)
+        teacher = EndpointTeacher(cfg, task) if cfg.teacher_url else LocalTeacher(cfg, task, shots)
     settings = teacher.settings()
     jobs = []
     for i, ex in enumerate(examples):

@@ -2,8 +2,9 @@
 
 tasktune export RUN --out DIR [--merge] [--parity-rows 32]
 
-The folder holds safetensors weights, the tokenizer with its chat template, and a generation config whose
-eos_token_id is the token that ends an answer, so `model.generate` stops where `tasktune predict` stops. A LoRA run
+The folder holds safetensors weights, the tokenizer with its chat template, a JSON task's schema.json (what its
+answers are decoded under), and a generation config whose eos_token_id is the token that ends an answer, so
+`model.generate` stops where `tasktune predict` stops. A LoRA run
 needs --merge (its adapter is folded into the weights); a full run is copied as it is; prefix and prompt runs cannot
 be merged and are refused with the alternative.
 
@@ -149,6 +150,10 @@ def export(run: str | Path, out: str | Path, *, merge: bool = False, parity_rows
             )
         result.seconds = time.perf_counter() - t0
         prompt_note = {"instruction_in_prompt": info.instruction_in_prompt, "instruction": instruction}
+        if info.output_kind == "json":  # a server in front of the model can decode under it (response_format)
+            (tmp / "schema.json").write_text(json.dumps(info.schema or {}, indent=2, ensure_ascii=False) + "\n",
+                                             encoding="utf-8")  # fmt: skip
+            prompt_note |= {"schema": "schema.json", "copy_fields": info.copy_fields}
         (tmp / "tasktune-export.json").write_text(
             json.dumps(result.to_dict() | {"task": info.task_name, "base_model": info.base_model} | prompt_note,
                        indent=2, ensure_ascii=False) + "\n", encoding="utf-8")  # fmt: skip
