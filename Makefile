@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench docs clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ format: install
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
-# Speed figures for the README's Performance section (by hand, on a quiet machine: ~30 minutes in all).
+# Speed figures for docs/benchmarks.md (by hand, on a quiet machine: ~30 minutes in all).
 bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/train_throughput.py --json bench-train-lora.json
@@ -45,5 +45,10 @@ bench: install
 test: install lint
 	$(BIN)/python -m pytest
 
+# The documentation site (mkdocs.yml) into site/; --strict turns every warning (a broken link or anchor) into a failure.
+docs: install
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache site
