@@ -115,7 +115,31 @@ def test_constrained_batches_equal_single_requests(tiny):
 
 def test_no_schema_still_gives_valid_json(tiny):
     for p in _predictor(tiny, schema=None).predict(INPUTS[:4], batch_size=4):
-        assert p.valid_json or not p.stopped, p.output  # any JSON value; only a cut-off answer may be incomplete
+        assert p.valid_json and p.stopped, p.output  # any JSON value, finished before the cap
+
+
+# Nothing bounds these values: a model that runs on (random weights do) fills any cap with one string or number.
+UNBOUNDED = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "sizes": {"type": "array", "items": {"type": "number"}}},
+    "required": ["name", "sizes"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("cap", [24, 32, 48])
+def test_answers_that_run_on_are_finished_before_the_cap(tiny, cap, monkeypatch):
+    from tasktune.constrain import ConstrainedLogits
+
+    p = _predictor(tiny, schema=UNBOUNDED)
+    p.max_new_tokens = cap
+    preds = p.predict(INPUTS, batch_size=4)
+    for x in preds:
+        assert x.valid_json and x.stopped and x.generated_tokens <= cap, x.output
+        jsonschema.validate(x.json, UNBOUNDED)
+    monkeypatch.setattr(ConstrainedLogits, "CLOSE_HORIZON", 0)  # the planted defect: no way out near the cap
+    cut = [x for x in p.predict(INPUTS, batch_size=4) if not x.valid_json]
+    assert cut, "random weights should run past the cap without the closer"
 
 
 def test_copy_fields_only_write_spans_of_the_input(tiny):

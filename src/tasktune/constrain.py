@@ -187,6 +187,7 @@ class Constraint:
         self.max_span = max_span
         self.where = where
         self.stop_ids = list(stop_ids)
+        self.hf_tokenizer = tokenizer
         # The tokenizer wrapper costs ~1 s to build; one per Constraint, shared by all its requests.
         self.tok = _ll_tokenizer(tokenizer, self.stop_ids, vocab_size)
         self.vocab_size = vocab_size
@@ -228,19 +229,108 @@ class Constraint:
             schema = _with_copy(schema, path, spans)
         return llguidance.LLMatcher(self.tok, self.compile(schema))
 
-    def processor(self, inputs: list[str]) -> ConstrainedLogits:
-        return ConstrainedLogits([self.matcher(t) for t in inputs], self.vocab_size, self.stop_ids)
+    @cached_property
+    def closer(self) -> Closer:
+        return Closer(self.hf_tokenizer, self.vocab_size, self.stop_ids)
+
+    def processor(self, inputs: list[str], budgets: list[int | None] | None = None) -> ConstrainedLogits:
+        """The logits processor for one batch: a grammar state per request; `budgets`, each request's answer cap,
+        lets an answer that runs on finish as valid JSON before its cap instead of being cut."""
+        return ConstrainedLogits([self.matcher(t) for t in inputs], self.vocab_size, self.stop_ids, budgets=budgets,
+                                 closer=self.closer if budgets is not None else None)  # fmt: skip
 
     def to_json(self) -> dict:
         return {"schema": self.schema, "copy_fields": self.copy_fields}
 
 
+def string_state(state: tuple[bool, bool], text: str) -> tuple[bool, bool]:
+    """(inside a JSON string, after a backslash there) once `text` follows `state`."""
+    inside, escaped = state
+    for ch in text:
+        if not inside:
+            inside = ch == '"'
+        elif escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            inside = False
+    return inside, escaped
+
+
+class Closer:
+    """Finishes a JSON answer in as few tokens as it can: the way out when the answer cap is near.
+
+    A schema-valid answer must be complete, but a tuned model can run on (a number's digits, an ever longer list)
+    until the answer cap cuts it, and a cut answer parses as nothing. Near the cap, the decoder therefore checks at
+    each token whether the model's choice still leaves room to finish; if not, it writes the shortest way out
+    instead. The way out is found greedily on a copy of the grammar state: end the answer where the grammar allows
+    it; inside a string, close it (`"`, or `"}` and the like, longest first); outside, close arrays and objects
+    (`]`, `}`), else a separator towards a required key that is still missing, the shortest value (`"`, `0`, `[`,
+    `{`), or else the shortest token the grammar allows. No engine offers this (vLLM, SGLang and llama.cpp cut the
+    answer), so it is written here, on llguidance's own masks.
+    """
+
+    def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int]):
+        texts = tokenizer.batch_decode([[i] for i in range(min(len(tokenizer), vocab_size))])
+        self.texts = texts + [""] * (vocab_size - len(texts))
+        self.stop = stop_ids[0]
+        self.vocab_size = vocab_size
+        lengths = np.array([len(t) if t else 1 << 20 for t in self.texts], dtype=np.int64)  # empty ones last
+        lengths[list(stop_ids)] = 1 << 20
+        self.lengths = lengths
+
+        def ids(keep) -> list[int]:
+            return sorted((i for i, t in enumerate(texts) if t and keep(t) and i not in stop_ids),
+                          key=lambda i: (-len(texts[i]), i))  # fmt: skip
+
+        # inside a string: a quote, and after it only closing brackets
+        self.in_string = ids(lambda t: t[0] == '"' and set(t[1:]) <= set("]}"))
+        self.outside = (ids(lambda t: set(t) <= set("]}")) + ids(lambda t: t.strip() == ",")
+                        + [i for v in ('"', "0", "[", "{") for i in ids(lambda t, v=v: t == v)])  # fmt: skip
+
+    def allowed(self, matcher) -> np.ndarray:
+        bits = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
+        return np.unpackbits(bits, bitorder="little")[: self.vocab_size].astype(bool)
+
+    def pick(self, matcher, state: tuple[bool, bool]) -> int:
+        """The next token of the shortest way out from `matcher`'s state (`state`: see `string_state`)."""
+        if matcher.is_stopped() or matcher.is_accepting():
+            return self.stop
+        allowed = self.allowed(matcher)
+        for i in self.in_string if state[0] else self.outside:
+            if allowed[i]:
+                return i
+        return int(np.where(allowed, self.lengths, 1 << 30).argmin())
+
+    def path(self, matcher, state: tuple[bool, bool], limit: int) -> list[int] | None:
+        """The tokens of the way out before the stop token, or None when it needs more than `limit`."""
+        m = matcher.deep_copy()
+        out: list[int] = []
+        while not (m.is_stopped() or m.is_accepting()):
+            if len(out) >= limit:
+                return None
+            token = self.pick(m, state)
+            if token == self.stop or not m.consume_token(token):
+                return None
+            state = string_state(state, self.texts[token])
+            out.append(token)
+        return out
+
+
 class ConstrainedLogits:
     """A transformers LogitsProcessor: before each new token, the logits of the tokens that would break a row's
     grammar go to -inf. It reads the token chosen at the previous step from `input_ids`, so it works for greedy and
-    sampled decoding alike, with or without a prompt in `input_ids` (prompt-tuned models pass embeddings only)."""
+    sampled decoding alike, with or without a prompt in `input_ids` (prompt-tuned models pass embeddings only).
 
-    def __init__(self, matchers: list, vocab_size: int, stop_ids: list[int]):
+    `budgets` (each row's answer cap) with a `closer`: within CLOSE_HORIZON tokens of its cap, a row whose model
+    choice would leave too few tokens to finish the JSON takes the closer's way out instead, so a greedy answer
+    always ends complete (a sampled one may still draw a token that needs more room than is left)."""
+
+    CLOSE_HORIZON = 64
+
+    def __init__(self, matchers: list, vocab_size: int, stop_ids: list[int], *,
+                 budgets: list[int | None] | None = None, closer: Closer | None = None):  # fmt: skip
         import llguidance
         import torch
 
@@ -250,6 +340,10 @@ class ConstrainedLogits:
         self.start: int | None = None  # input_ids length at the first call: the prompt
         self.done = [m is None for m in matchers]  # None: a row decoded freely (a server batch mixes both)
         self.errors: list[str | None] = [None] * len(matchers)
+        self.budgets = list(budgets) if budgets is not None and closer is not None else [None] * len(matchers)
+        self.closer = closer
+        self.closed = [False] * len(matchers)  # rows that took the way out
+        self.states = [(False, False)] * len(matchers)  # per row: inside a JSON string, after a backslash
         self.executor = llguidance.LLExecutor(num_threads=1)  # the model's forward pass already has the cores
         self.bitmask = torch.full((len(matchers), (vocab_size + 31) // 32), -1, dtype=torch.int32)
 
@@ -266,6 +360,8 @@ class ConstrainedLogits:
                 if token in self.stop_ids or not m.consume_token(token):
                     self.done[row] = True  # the answer ended; or, never expected, the engine failed on it
                     self.errors[row] = m.get_error() if m.is_error() else None
+                elif self.closer is not None:
+                    self.states[row] = string_state(self.states[row], self.closer.texts[token])
         self.bitmask.fill_(-1)  # finished rows allow everything: generate() pads them anyway
         live = [(m, row) for row, m in enumerate(self.matchers) if not self.done[row]]
         if live:
@@ -274,13 +370,35 @@ class ConstrainedLogits:
             llguidance.torch.fill_next_token_bitmask_par(self.executor, live, self.bitmask)
         allowed = np.unpackbits(self.bitmask.numpy().view(np.uint8), axis=1, bitorder="little")[:, : scores.shape[1]]
         allowed = torch.from_numpy(allowed.astype(bool))
+        if allowed.shape[1] < scores.shape[1]:  # logits wider than the tokenizer's vocabulary: padding ids
+            allowed = torch.nn.functional.pad(allowed, (0, scores.shape[1] - allowed.shape[1]), value=False)
+        step = input_ids.shape[1] - self.start  # tokens generated so far; this call chooses the next one
         for m, row in live:
             if m.is_stopped():  # the value is complete: the answer ends here, on the template's stop token
                 allowed[row] = False
                 allowed[row, self.stop_ids] = True
-        if allowed.shape[1] < scores.shape[1]:  # logits wider than the tokenizer's vocabulary: padding ids
-            allowed = torch.nn.functional.pad(allowed, (0, scores.shape[1] - allowed.shape[1]), value=False)
+            elif self.budgets[row] is not None and self.budgets[row] - step <= self.CLOSE_HORIZON:
+                forced = self._way_out(m, self.states[row], self.budgets[row] - step, scores[row], allowed[row])
+                if forced is not None:
+                    self.closed[row] = True
+                    allowed[row] = False
+                    allowed[row, forced] = True
         return scores.masked_fill(~allowed.to(scores.device), float("-inf"))
+
+    def _way_out(self, m, state, left: int, scores, allowed) -> int | None:
+        """The closer's next token when the model's own choice would leave too few of the `left` tokens (this one
+        and the stop token included) to finish the answer; None when the model may choose."""
+        path = self.closer.path(m, state, limit=left - 1)
+        if path is None:  # too late to finish within the cap: finish as soon as possible all the same
+            return self.closer.pick(m, state)
+        choice = int(scores.float().masked_fill(~allowed.to(scores.device), float("-inf")).argmax())
+        if choice in self.stop_ids:
+            return None
+        after = m.deep_copy()
+        after_state = string_state(state, self.closer.texts[choice])
+        if after.consume_token(choice) and self.closer.path(after, after_state, limit=left - 2) is not None:
+            return None
+        return path[0] if path else self.stop_ids[0]
 
 
 def task_schema(task, examples: list | None = None) -> tuple[dict | None, str]:

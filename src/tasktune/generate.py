@@ -69,7 +69,7 @@ def generate(
             from transformers import LogitsProcessorList
 
             rows = [inputs[i] if inputs else "" for i in idx]
-            extra["logits_processor"] = LogitsProcessorList([constraint.processor(rows)])
+            extra["logits_processor"] = LogitsProcessorList([constraint.processor(rows, [max_new_tokens] * len(rows))])
         out = new_tokens(model, ids.to(device), mask.to(device), **settings, **extra)
         latency = time.perf_counter() - t0
         for row, i in enumerate(idx):
@@ -110,7 +110,7 @@ def _generate_after_virtual_tokens(model, kind: str, ids: torch.Tensor, mask: to
 
     Written by hand because peft's generate() gets left-padded batches wrong: it drops the position ids that left
     padding needs, so a padded prompt's answer changed with the batch it was in (a test pins this); and for prompt
-    tuning it decoded 11x slower than the base model (2.4 against 27 tokens/s, 8 prompts, one thread). Here the n
+    tuning it decoded an order of magnitude slower than the base model. Here the n
     virtual tokens come first, then the left-padded prompt, as in training: positions count unmasked tokens only, so
     a prompt starts at position n however much padding its batch needs, and the KV cache works as for any prompt."""
     base = model.get_base_model()
