@@ -175,6 +175,23 @@ def test_clean_data_reports_nothing_above_info(tmp_path, tiny_tokenizer):
     assert report.splits["train"]["usable_rows"] == 60
 
 
+def test_us_addresses_with_zip_plus_4_are_not_phone_numbers(tmp_path, tiny_tokenizer):
+    rng = random.Random(5)
+    streets = ["SE 17th St", "Las Olas Blvd", "N Federal Hwy", "Ocean Dr", "W Broward Blvd"]
+    cities = [("Fort Lauderdale", "FL", "333"), ("Austin", "TX", "787"), ("Portland", "OR", "972")]
+    rows = []
+    for i in range(120):
+        city, state, prefix = rng.choice(cities)
+        zip4 = f"{prefix}{rng.randrange(10, 99)}-{rng.randrange(1000, 9999)}"
+        address = f"{rng.randrange(100, 9999)} {rng.choice(streets)}, {city}, {state} {zip4}"
+        rows.append({"input": f"Ship order {1000 + i} to {address}", "output": {"city": city, "zip": zip4}})
+    rows[7]["input"] += "; call (954) 555-0187 on arrival"  # a real phone number among them is still found
+    _write(tmp_path / "train.jsonl", rows)
+    report = check_dataset(files_as_splits([tmp_path / "train.jsonl"]), tokenizer=tiny_tokenizer)
+    phone = next(f for f in report.findings if f.code == "pii-phone")
+    assert phone.count == 1 and [loc.line for loc in phone.locations] == [8]
+
+
 def test_bug_report_generator_gives_no_false_alarms(tmp_path, tiny_tokenizer):
     """Templated data shares phrasing; the near-duplicate and skew thresholds must not call that a problem."""
     from tasktune.examples.bug_reports import write_bug_reports

@@ -23,6 +23,8 @@ _PHONE = re.compile(
     r"(?<![\w.+/:-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,5}){1,4}(?![\w/:]|[.-]\d)"
 )
 _DATE_OR_IP = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$|^\d{1,3}(?:\.\d{1,3}){3}$")
+# A US ZIP+4 code ("33312-1038") has a phone's digit count but its own fixed 5-4 shape, which no numbering plan uses.
+_ZIP_PLUS_4 = re.compile(r"^\d{5}-\d{4}$")
 # Vendor prefixes with their documented shapes, and `key = value` assignments of long secrets.
 _VENDOR_KEY = re.compile(
     r"(?<![\w-])(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Anthropic
@@ -88,7 +90,7 @@ def scan(text: str) -> list[Match]:
                 continue
             value = m.group()
             n_digits = sum(c.isdigit() for c in value)
-            if not 9 <= n_digits <= 15 or _DATE_OR_IP.match(value):
+            if not 9 <= n_digits <= 15 or _DATE_OR_IP.match(value) or _ZIP_PLUS_4.match(value):
                 continue
             if not (value.startswith(("+", "(")) or re.search(r"\d[ .-]\d", value)):
                 continue
