@@ -19,13 +19,15 @@ import torch
 
 
 def main() -> None:
+    from tasktune.batching import collate, encode_rows
     from tasktune.config import DEFAULT_MODEL, TrainConfig, load_task
     from tasktune.data import read_examples
+    from tasktune.loss import token_loss
     from tasktune.models import load_base, resolve_model
     from tasktune.render import ChatFormat
     from tasktune.runtime import make_accelerator
     from tasktune.strategies import get_strategy
-    from tasktune.train import collate, encode_rows, frozen_linears_to_bf16, make_optimizer, token_loss
+    from tasktune.train import frozen_linears_to_bf16, make_optimizer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("task")

@@ -63,7 +63,7 @@ def main() -> None:
 
     from tasktune.config import load_task, merge_overrides
     from tasktune.data import read_examples
-    from tasktune.distill import DistillConfig, _split, agreement_scores, distill, format_summary
+    from tasktune.distill import DistillConfig, _split, agreement_scores, distill, format_distill
     from tasktune.examples.pirate_support import INSTRUCTION, RULE, follows_rule, write_pirate_support
     from tasktune.predict import Predictor
     from tasktune.train import train
@@ -76,7 +76,7 @@ def main() -> None:
     t = time.perf_counter()
     result = distill(example / "task.yaml", example / "raw.jsonl", out / "data", cfg)
     label_s = time.perf_counter() - t
-    print(format_summary(result))
+    print(format_distill(result))
     by_line = {r["line"]: r for r in map(json.loads, (out / "data" / "cache.jsonl").read_text().splitlines())}
     cache = list(by_line.values())
     teacher_raw = {"answers": len(cache), "rule_compliance": sum(follows_rule(r["text"]) for r in cache) / len(cache),

@@ -22,10 +22,11 @@ def run_one(multiple: int, steps: int, batch_size: int, window: int, data_dir: s
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from tasktune.batching import collate, encode_rows
     from tasktune.data import read_examples
+    from tasktune.loss import token_loss
     from tasktune.models import load_base, resolve_model
     from tasktune.render import ChatFormat
-    from tasktune.train import collate, encode_rows, token_loss
 
     torch.manual_seed(0)
     model, tok = load_base(resolve_model("smollm2-135m-instruct").path)

@@ -18,13 +18,15 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from tasktune.batching import collate, encode_rows, shuffled_batches
 from tasktune.config import TrainConfig
 from tasktune.data import read_examples
 from tasktune.examples.bug_reports import write_bug_reports
+from tasktune.loss import token_loss
 from tasktune.models import load_base, resolve_model
 from tasktune.render import ChatFormat
 from tasktune.strategies import get_strategy
-from tasktune.train import collate, encode_rows, frozen_linears_to_bf16, make_optimizer, shuffled_batches, token_loss
+from tasktune.train import frozen_linears_to_bf16, make_optimizer
 
 
 def main() -> None:

@@ -158,11 +158,10 @@ def base_predictor(model: str, instruction: str, output_kind: str, max_new_token
 
 
 def run_base(task, test: list, model: str, shots: int, seed: int, batch_size: int, report_path: Path) -> dict:
+    from tasktune.batching import suggest_max_new_tokens_for_answers
     from tasktune.data import read_examples
     from tasktune.evaluate import evaluate, pick_shots
-    from tasktune.train import suggest_max_new_tokens_for_answers
 
-    # The same cap as `tasktune eval --model M --with-instruction` (cli.max_new_tokens_for): from the training answers.
     path = task.data_path("train") or task.data_path("test")
     cap = suggest_max_new_tokens_for_answers(model, [ex.answer for ex in read_examples(path)])
     predictor = base_predictor(model, task.instruction, task.output.kind, cap)
@@ -288,8 +287,8 @@ def _tfidf_features():
 def run_tfidf(task, test: list, seed: int, report_path: Path) -> dict:
     from tasktune.data import read_examples
     from tasktune.evaluate import EvalReport
-    from tasktune.metrics import main_metric_name, text_metrics
-    from tasktune.task_metrics import METRICS, compute
+    from tasktune.metrics import text_metrics
+    from tasktune.task_metrics import METRICS, compute, main_metric_name
 
     rows = read_examples(task.data_path("train"))
     answers = [ex.answer for ex in rows]

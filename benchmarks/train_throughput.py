@@ -34,9 +34,9 @@ def _peak_rss_mb() -> float:
 
 def _token_counts(data_dir: str, rows: list) -> tuple[int, int]:
     """Real (unpadded) tokens and supervised tokens of the training rows, as tasktune renders them."""
+    from tasktune.batching import encode_rows
     from tasktune.models import load_tokenizer
     from tasktune.render import ChatFormat
-    from tasktune.train import encode_rows
 
     tok = load_tokenizer(MODEL)
     enc, _ = encode_rows(ChatFormat(tok), rows, None, 1024)
@@ -46,9 +46,10 @@ def _token_counts(data_dir: str, rows: list) -> tuple[int, int]:
 def _eval_loss(model, tok, data_dir: str) -> float:
     from accelerate import Accelerator
 
+    from tasktune.batching import encode_rows
     from tasktune.data import read_examples
+    from tasktune.loss import evaluate_loss
     from tasktune.render import ChatFormat
-    from tasktune.train import encode_rows, evaluate_loss
 
     rows, _ = encode_rows(ChatFormat(tok), read_examples(f"{data_dir}/eval.jsonl"), None, 1024)
     return evaluate_loss(model, rows, tok.pad_token_id, 8, Accelerator(mixed_precision="bf16", cpu=True))

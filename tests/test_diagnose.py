@@ -104,7 +104,7 @@ def test_learning_rate_far_too_high_diverges(tiny_model, tmp_path):
     assert f.evidence["peak_loss"] > 1.5 * f.evidence["start_loss"]
     assert "--learning-rate 0.1 " in f.remedy
     # what the broken model then writes is reported as the consequence, not as a second cause
-    assert all(x.cause == "loss-diverged" for x in d.findings if x.id in ("invalid-output", "no-stop"))
+    assert all(x.cause == "loss-diverged" for x in d.findings if x.code in ("invalid-output", "no-stop"))
 
 
 def test_learning_rate_far_too_low_does_not_learn_through_the_cli(tiny_model, tmp_path, capsys):
@@ -116,7 +116,7 @@ def test_learning_rate_far_too_low_does_not_learn_through_the_cli(tiny_model, tm
     out = capsys.readouterr().out
     assert "loss-flat" in out and "fix loss-flat: multiply the learning rate by 10: --learning-rate 1e-06" in out
     saved = json.loads((run / "diagnosis.json").read_text())
-    assert {f["id"] for f in saved["findings"] if f["severity"] == "error"} == {"loss-flat"}
+    assert {f["code"] for f in saved["findings"] if f["severity"] == "error"} == {"loss-flat"}
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and "loss-flat" in html
     # the command on its own: exit 1 on an error finding, the result also where --json says
@@ -216,7 +216,7 @@ TRAIN = {"learning_rate": 2e-4, "batch_size": 4, "grad_accum": 1, "eval_every": 
 
 def test_curves_nan_is_reported_with_its_step(tmp_path):
     found, _ = curve_findings(_records([2.0, 1.5, 1.2, math.nan, math.nan]), TRAIN, tmp_path)
-    assert [f.id for f in found] == ["loss-not-finite"]
+    assert [f.code for f in found] == ["loss-not-finite"]
     assert found[0].evidence["step"] == 4 and "--learning-rate 2e-05" in found[0].remedy
 
 
@@ -224,20 +224,20 @@ def test_curves_a_spike_that_recovers_is_a_warning(tmp_path):
     losses = [3.0 - 0.05 * i for i in range(30)]
     losses[20] = 6.0
     found, _ = curve_findings(_records(losses), TRAIN, tmp_path)
-    assert [(f.id, f.severity) for f in found] == [("loss-spikes", "warning")]
+    assert [(f.code, f.severity) for f in found] == [("loss-spikes", "warning")]
     assert found[0].evidence["worst_step"] == 21
 
 
 def test_curves_zero_gradient_means_nothing_trainable(tmp_path):
     found, _ = curve_findings(_records([2.0] * 20, grad=0.0), TRAIN, tmp_path)
-    assert [f.id for f in found] == ["loss-flat"] and "nothing is trainable" in found[0].remedy
+    assert [f.code for f in found] == ["loss-flat"] and "nothing is trainable" in found[0].remedy
 
 
 def test_curves_overfitting_names_an_existing_checkpoint(tmp_path):
     (tmp_path / "checkpoints" / "step-20").mkdir(parents=True)
     losses = [2.0 * 0.9**i for i in range(60)]
     found, figures = curve_findings(_records(losses, {10: 1.5, 20: 1.2, 40: 1.6, 60: 2.0}), TRAIN, tmp_path, 40)
-    over = next(f for f in found if f.id == "overfitting")
+    over = next(f for f in found if f.code == "overfitting")
     assert over.severity == "error" and over.evidence["best_eval_step"] == 20
     assert over.evidence["checkpoint_at_best"].endswith("step-20") and "use it" in over.remedy
     assert over.evidence["epochs_at_best"] == 2.0  # 20 steps x 4 rows / 40 rows
@@ -248,21 +248,21 @@ def test_curves_overfitting_severity_and_wobble(tmp_path):
     losses = [1.0 - 0.02 * i for i in range(40)]  # the train loss more than halves after the best eval
     mild = {10: 1.0, 20: 0.9, 30: 0.93, 40: 0.94}
     found, _ = curve_findings(_records(losses, mild), TRAIN, tmp_path)
-    assert {(f.id, f.severity) for f in found} == {("overfitting", "warning"), ("generalisation-gap", "warning")}
+    assert {(f.code, f.severity) for f in found} == {("overfitting", "warning"), ("generalisation-gap", "warning")}
     wobble = {10: 1.0, 20: 0.9, 30: 0.905, 40: 0.91}  # +1%: not a trend
     found, _ = curve_findings(_records(losses, wobble), TRAIN, tmp_path)
-    assert "overfitting" not in {f.id for f in found}
+    assert "overfitting" not in {f.code for f in found}
     # a small rise while the train loss fell 10x: the model fits the rows, not the task
     steep = [0.85**i for i in range(40)]
     found, _ = curve_findings(_records(steep, mild), TRAIN, tmp_path)
-    over = next(f for f in found if f.id == "overfitting")
+    over = next(f for f in found if f.code == "overfitting")
     assert over.severity == "error" and over.evidence["train_loss_fall"] >= 10
 
 
 def test_curves_healthy_and_sparse_eval(tmp_path):
     losses = [2.0 * 0.97**i for i in range(50)]
     found, _ = curve_findings(_records(losses, {50: 0.5}), TRAIN, tmp_path)
-    assert [f.id for f in found] == ["eval-sparse"] and "--eval-every 5" in found[0].remedy
+    assert [f.code for f in found] == ["eval-sparse"] and "--eval-every 5" in found[0].remedy
 
 
 def test_probe_rules():
@@ -282,7 +282,7 @@ def test_forgetting_and_format_drift_rules():
     base = [(f"It is {i + 11}.", True) for i in range(10)]
     tuned = [('{"kind": "bug"}', True)] * 8 + [("It is 19.", True), ("It is 20.", True)]
     found, figures = probe_findings(probes, base, tuned, lambda a, s: a.startswith("{"))
-    assert {f.id for f in found} == {"forgetting", "format-drift"}
+    assert {f.code for f in found} == {"forgetting", "format-drift"}
     assert figures["base_score"] == 1.0 and figures["tuned_score"] == 0.2
     assert figures["tuned_in_task_format"] == 0.8 and figures["base_in_task_format"] == 0.0
     found, _ = probe_findings(probes, base, base, lambda a, s: a.startswith("{"))
@@ -316,7 +316,7 @@ def test_text_format_drift_is_caught_by_the_answer_template_not_only_by_copied_t
     probes = [Probe(f"p{i}", "c", f"What is {i + 10} + 1?", "number", value=i + 11) for i in range(len(base))]
     tuned = [(drifted, True)] * 6 + [(a, True) for a in base[6:]]
     found, fig = probe_findings(probes, [(a, True) for a in base], tuned, lambda a, s: follows_template(a, markers))
-    assert "format-drift" in {f.id for f in found} and fig["tuned_in_task_format"] == 0.6
+    assert "format-drift" in {f.code for f in found} and fig["tuned_in_task_format"] == 0.6
 
 
 def test_memorisation_is_measured_against_the_references():
@@ -329,7 +329,7 @@ def test_memorisation_is_measured_against_the_references():
     ]
     copies = train_answers[:10]
     found, fig = memorisation_findings(copies, refs, index.match(copies), index.match(refs), where, {})
-    assert [f.id for f in found] == ["memorisation"] and fig["output_copy_rate"] == 1.0
+    assert [f.code for f in found] == ["memorisation"] and fig["output_copy_rate"] == 1.0
     assert "train.jsonl:1" in found[0].message
     # a task whose right answers repeat: the outputs copy training answers exactly as often as the references do
     found, fig = memorisation_findings(copies, copies, index.match(copies), index.match(copies), where, {})
@@ -355,7 +355,7 @@ def test_membership_catches_rows_learnt_by_heart_while_answers_stay_right():
     refs = [f"a brand new answer about {w} written for this input" for w in WORDS[:8]]
     outs = list(refs)  # right answers, nothing copied
     found, fig = memorisation_findings(outs, refs, index.match(outs), index.match(refs), where, {}, apart)
-    assert [(f.id, f.severity) for f in found] == [("memorisation", "error")]
+    assert [(f.code, f.severity) for f in found] == [("memorisation", "error")]
     assert "40x less loss" in found[0].message and "not copied yet" in found[0].message
     assert fig["membership"] == apart and fig["output_copy_rate"] == 0.0
     mild = membership([0.02] * 4, [0.12] * 4)  # 6x, AUC 1.0: a warning, not yet an error
@@ -365,7 +365,7 @@ def test_membership_catches_rows_learnt_by_heart_while_answers_stay_right():
         assert memorisation_findings(outs, refs, index.match(outs), index.match(refs), where, {}, healthy)[0] == []
     # no held-out generations (no test split) still reports the membership test
     found, _ = memorisation_findings([], [], [], [], [], {}, apart)
-    assert [f.id for f in found] == ["memorisation"] and "held-out answers" not in found[0].message
+    assert [f.code for f in found] == ["memorisation"] and "held-out answers" not in found[0].message
     assert "copied" not in found[0].message
 
 
@@ -374,12 +374,12 @@ def test_stopping_rules_and_links_to_the_data_check():
     stopped = [False, False, True, True]
     data = {"invalid-json-answer": {"severity": "error", "count": 7, "messages": []}}
     found, fig = stopping_findings(outs, stopped, ['{"a": 1}'] * 4, [5] * 4, "json", 40, "<|im_end|>", data)
-    assert [f.id for f in found] == ["no-stop"] and fig["hit_rate"] == 0.5
+    assert [f.code for f in found] == ["no-stop"] and fig["hit_rate"] == 0.5
     assert found[0].evidence["complete_answer_then_more"] == 1
     found, fig = stopping_findings(outs, stopped, ["x " * 50] * 4, [60] * 4, "json", 40, "<|im_end|>", {})
     assert "raise max_new_tokens above 61" in found[0].remedy
     found, _ = json_validity_findings(outs, stopped, lambda v: [], data)
-    assert [f.id for f in found] == ["invalid-output"] and found[0].linked == ["invalid-json-answer"]
+    assert [f.code for f in found] == ["invalid-output"] and found[0].linked == ["invalid-json-answer"]
     assert "--fix OUT" in found[0].remedy and "invalid-json-answer (7 row(s))" in found[0].remedy
     found, _ = json_validity_findings(outs, stopped, lambda v: [], {}, best_step=65)
     assert "--max-steps 65" in found[0].remedy
@@ -391,7 +391,7 @@ def test_stopping_rules_and_links_to_the_data_check():
 def test_consequences_of_a_failed_optimisation_are_not_reported_as_causes():
     found = [Finding("no-stop", "error", "m", "r"), Finding("loss-flat", "error", "m", "r")]
     out = demote_consequences(found)
-    assert [(f.id, f.severity) for f in out] == [("loss-flat", "error"), ("no-stop", "info")]
+    assert [(f.code, f.severity) for f in out] == [("loss-flat", "error"), ("no-stop", "info")]
     assert out[1].cause == "loss-flat"
 
 

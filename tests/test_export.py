@@ -61,10 +61,10 @@ def test_a_runs_system_prompt_reaches_predict_and_the_exported_template(task_dir
     are the training prefix, without the template's default system prompt."""
     from transformers import AutoTokenizer
 
+    from tasktune.batching import encode_rows
     from tasktune.data import read_examples
     from tasktune.models import load_base
     from tasktune.render import ChatFormat
-    from tasktune.train import encode_rows
 
     run = _train(task_dir, tiny_model, tmp_path / "run", "lora", system_prompt="")
     ex = read_examples(task_dir / "train.jsonl")[0]

@@ -7,8 +7,8 @@ import pytest
 from tasktune.config import TrainConfig, build, merge_overrides
 from tasktune.durations import budget_seconds, parse_duration
 from tasktune.errors import ConfigError
-from tasktune.metrics import is_label_task, main_metric_name
 from tasktune.recipe import CPU_TIME_BUDGET, MAX_EPOCHS, MAX_EXAMPLES, MIN_EXAMPLES, DataFacts, choose_recipe
+from tasktune.task_metrics import is_label_task, main_metric_name
 
 
 def facts(n: int, device: str = "cpu", answer_tokens: float = 4.0) -> DataFacts:

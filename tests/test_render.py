@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tasktune.batching import collate
 from tasktune.data import Example
 from tasktune.render import IGNORE, ChatFormat
 from tasktune.runtime import PAD_MULTIPLE
-from tasktune.train import collate
 
 ROW = [{"role": "user", "content": "urgent the app crashes"}, {"role": "assistant", "content": '{"kind": "bug"}'}]
 

@@ -10,14 +10,16 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
+from tasktune.batching import collate, encode_rows, shuffled_batches
 from tasktune.config import TaskConfig, TrainConfig, load_task
 from tasktune.data import read_examples
+from tasktune.loss import token_loss
 from tasktune.models import load_base
 from tasktune.render import ChatFormat
 from tasktune.rundir import MetricsLog, read_metrics
 from tasktune.runtime import make_accelerator
 from tasktune.strategies import get_strategy, save_trained
-from tasktune.train import collate, encode_rows, fit, shuffled_batches, token_loss, train
+from tasktune.train import fit, train
 
 
 def _prepared(tiny_model, task_dir, cfg: TrainConfig):

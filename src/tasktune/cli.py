@@ -27,6 +27,30 @@ from pydantic import BaseModel
 from tasktune.config import TaskConfig, TrainConfig, load_task, merge_overrides
 from tasktune.data import read_examples
 from tasktune.errors import TaskTuneError, TrainingStopped
+from tasktune.runtime import quiet_libraries
+
+
+def _pairs(text: str) -> dict[str, float]:
+    """NAME=VALUE,NAME=VALUE as a dict (values as numbers)."""
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not NAME=NUMBER (e.g. prompt=3e-2,lora=2e-4)") from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{item!r} is not NAME=NUMBER (e.g. prompt=3e-2,lora=2e-4)")
+    return out
+
+
+def _default_text(field) -> str:
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return str(value)
 
 
 # --- flags generated from the config tree (one source for YAML keys, flags and help) --------------------------------
@@ -37,6 +61,8 @@ def _flag_type(annotation):
         return str, list(typing.get_args(annotation))
     if origin is list:  # --report-to tensorboard,mlflow
         return (lambda s: [x.strip() for x in s.split(",") if x.strip()]), None
+    if origin is dict:  # --learning-rates prompt=3e-2,lora=2e-4
+        return _pairs, None
     if origin in (typing.Union, types.UnionType):
         if any(typing.get_origin(a) is list for a in args):
             return (lambda s: s.split(",") if "," in s else s), None
@@ -57,7 +83,7 @@ def add_config_flags(
         if key in skip:
             continue
         flag = "--" + key.replace(".", "-").replace("_", "-")
-        help_text = f"{field.description} (default: {field.default})".replace("%", "%%")  # argparse formats help
+        help_text = f"{field.description} (default: {_default_text(field)})".replace("%", "%%")  # argparse formats help
         if ann is bool:
             parser.add_argument(
                 flag, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
@@ -73,6 +99,11 @@ def add_config_flags(
             help=help_text,
             metavar=key.split(".")[-1].upper(),
         )
+
+
+def config_settings(args: argparse.Namespace, model: type[BaseModel]) -> dict:
+    """The keys of `model` given on the command line (flags from `add_config_flags` are absent unless given)."""
+    return {k: getattr(args, k) for k in model.model_fields if hasattr(args, k)}
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
@@ -140,11 +171,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _diagnose_and_save(run, cfg=None, json_path: str | None = None):
-    from tasktune.diagnose import diagnose, format_summary, save_diagnosis
+    from tasktune.diagnose import diagnose, format_diagnosis, save_diagnosis
     from tasktune.fsio import atomic_write_json
 
     d = diagnose(run, cfg)
-    print(format_summary(d))
+    print(format_diagnosis(d))
     try:
         saved = save_diagnosis(d, run)
     except TaskTuneError as e:  # a read-only run folder must not cost the result: --json still gets it
@@ -161,9 +192,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from tasktune.config import build
     from tasktune.diagnose import DiagnoseConfig
 
-    settings = {"limit": args.limit, "batch_size": args.batch_size, "probes": not args.no_probes,
-                "data_check": not args.no_data_check, "precision": args.precision}  # fmt: skip
-    cfg = build(DiagnoseConfig, settings, "command line")
+    cfg = build(DiagnoseConfig, config_settings(args, DiagnoseConfig), "command line")
     return 1 if _diagnose_and_save(args.run, cfg, args.json).errors else 0
 
 
@@ -240,8 +269,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from tasktune.baselines import baseline
     from tasktune.config import load_task
-    from tasktune.constrain import task_schema
     from tasktune.evaluate import evaluate, format_table, format_worst, pick_shots
     from tasktune.fsio import atomic_write_json
     from tasktune.predict import Predictor
@@ -259,7 +288,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if data is None:
         raise TaskTuneError("no eval data: the task has no data.test", "pass --data test.jsonl")
     examples = read_examples(data)[: args.limit]
-    shots = pick_shots(task, args.shots)
     if args.run:
         predictor = Predictor.from_run(
             args.run,
@@ -268,26 +296,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
             trust_remote_code=args.trust_remote_code,
             constrain=not args.no_constrain,
         )
-        mode = "bare_input"
+        if args.max_new_tokens:
+            predictor.max_new_tokens = args.max_new_tokens
+        shots = pick_shots(task, args.shots)
+        mode = f"few_shot_{len(shots)}" if shots else "bare_input"
     else:
-        instruction = task.instruction if args.with_instruction else None
-        cap = args.max_new_tokens or max_new_tokens_for(task, args.model)
-        predictor = Predictor.from_base(
+        b = baseline(
+            task,
             args.model,
-            instruction=instruction,
-            output_kind=task.output.kind,
-            max_new_tokens=cap,
+            instruction=args.with_instruction,
+            shots=args.shots,
+            max_new_tokens=args.max_new_tokens,
+            constrain=not args.no_constrain,
             precision=args.precision,
             allow_pickle=args.allow_pickle,
             trust_remote_code=args.trust_remote_code,
-            schema=task_schema(task)[0],
-            copy_fields=task.output.copy_fields,
-            constrain=not args.no_constrain,
         )
-        mode = "with_instruction" if instruction else "bare_input"
-    if args.max_new_tokens:
-        predictor.max_new_tokens = args.max_new_tokens
-    mode = f"few_shot_{len(shots)}" if shots else mode
+        predictor, shots, mode = b.predictor, b.shots, b.mode
     report = evaluate(
         predictor, examples, task, name=args.name or mode, mode=mode, shots=shots, batch_size=args.batch_size
     )
@@ -316,19 +341,11 @@ def _eval_agreement(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from tasktune.config import build
-    from tasktune.distill import DistillConfig, distill, format_summary
+    from tasktune.distill import DistillConfig, distill, format_distill
 
     cfg = build(DistillConfig, {k: v for k, v in vars(args).items() if k in DistillConfig.model_fields}, "command line")
-    print(format_summary(distill(args.task, args.inputs, args.out, cfg)))
+    print(format_distill(distill(args.task, args.inputs, args.out, cfg)))
     return 0
-
-
-def max_new_tokens_for(task, model_spec: str) -> int:
-    from tasktune.train import suggest_max_new_tokens_for_answers
-
-    path = task.data_path("train") or task.data_path("test")
-    answers = [ex.answer for ex in read_examples(path)] if path else []
-    return suggest_max_new_tokens_for_answers(model_spec, answers)
 
 
 def cmd_example(args: argparse.Namespace) -> int:
@@ -353,23 +370,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from tasktune.compare import CompareConfig, compare, format_table
-
-    lrs = {}
-    for item in filter(None, (args.learning_rates or "").split(",")):
-        name, _, value = item.partition("=")
-        try:
-            lrs[name.strip()] = float(value)
-        except ValueError:
-            raise TaskTuneError(f"--learning-rates: {item!r} is not NAME=RATE", "e.g. prompt=3e-2,lora=2e-4") from None
-    settings = {"methods": [m.strip() for m in args.methods.split(",") if m.strip()], "learning_rates": lrs,
-                "isolate": not args.in_process, "redo": args.redo, "constrain": not args.no_constrain}  # fmt: skip
-    for key in ("budget_tokens", "shots", "priority", "price_per_1k_prompt_tokens", "price_per_train_hour",
-                "requests", "test_rows", "eval_batch_size"):  # fmt: skip
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
     from tasktune.config import build
 
-    ccfg = build(CompareConfig, settings, "command line")
+    ccfg = build(CompareConfig, config_settings(args, CompareConfig), "command line")
     result = compare(args.task, ccfg, args.out, train_overrides=overrides_from(args))
     print()
     print(format_table(result))
@@ -478,11 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diagnose", help="diagnose a run: loss curves, stopping, memorisation, forgetting, format drift")
     p.add_argument("run", help="run folder of `tasktune train`; RUN/diagnosis.json and RUN/report.html go there")
     p.add_argument("--json", help="also write the full result here")
-    p.add_argument("--limit", type=int, default=32, help="held-out inputs the tuned model answers (default: 32)")
-    p.add_argument("--batch-size", type=int, default=16, help="requests per generation batch")
-    p.add_argument("--no-probes", action="store_true", help="skip the general-ability probes (no base model loaded)")
-    p.add_argument("--no-data-check", action="store_true", help="skip linking to the dataset doctor's findings")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="inference precision")
+    from tasktune.diagnose import DiagnoseConfig
+
+    add_config_flags(p, DiagnoseConfig)
     p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("predict", help="answer raw inputs with a tuned run")
@@ -545,27 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare instruction, few-shot, prompt, prefix, lora and full on one task")
     p.add_argument("task", help="task file (task.yaml) with data.train and data.test")
-    p.add_argument("--methods", default="instruction,instruction-constrained,few-shot,prompt,prefix,lora,full",
-                   help="comma-separated methods (instruction-constrained: JSON tasks only)")  # fmt: skip
     p.add_argument("--out", required=True, help="folder for the report; rerun with the same folder to resume")
-    p.add_argument("--budget-tokens", type=int, help="training tokens every trained method gets (default: 100000)")
-    p.add_argument("--shots", type=int, help="examples in each few-shot prompt (default: 3)")
-    p.add_argument("--priority", choices=["quality", "latency", "cost"], help="what to recommend for (default quality)")
-    p.add_argument("--price-per-1k-prompt-tokens", type=float, help="USD per 1,000 prompt tokens (default: 0.0005)")
-    p.add_argument("--price-per-train-hour", type=float, help="USD per training hour (default: 0.10)")
-    p.add_argument("--requests", type=int, help="requests expected, for the cost priority (default: 10000)")
-    p.add_argument("--test-rows", type=int, help="held-out rows every method is scored on (default: 100)")
-    p.add_argument(
-        "--eval-batch-size",
-        type=int,
-        help="requests per generation batch when scoring (default: 16; lower it for prompts of thousands "
-        "of tokens, whose padded batch attention grows with the square of the length)",
-    )
-    p.add_argument("--learning-rates", help="per-method peak rates, e.g. prompt=3e-2,lora=2e-4 (default per method)")
-    p.add_argument("--redo", action="store_true", help="re-measure finished methods whose settings changed")
-    p.add_argument("--in-process", action="store_true", help="run methods in this process (peak memory is shared)")
-    p.add_argument("--no-constrain", action="store_true", help="JSON tasks: score the trained methods' free decoding"
-                   " instead of decoding under the schema")  # fmt: skip
+    from tasktune.compare import CompareConfig
+
+    add_config_flags(p, CompareConfig)
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=cmd_compare)
 
@@ -600,27 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bars say what is happening; the libraries' loading bars and deprecation chatter do not."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # `train --processes N` starts itself again with the same arguments
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return args.func(args)
     except TrainingStopped as e:

@@ -28,12 +28,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasktune.config import DEFAULT_LEARNING_RATES, TaskConfig, TrainConfig, _Strict, load_task, merge_overrides
+from tasktune.baselines import baseline
+from tasktune.config import DEFAULT_LEARNING_RATES, StrictModel, TaskConfig, TrainConfig, load_task, merge_overrides
 from tasktune.constrain import task_schema
 from tasktune.data import read_examples
 from tasktune.errors import ConfigError, TaskTuneError
-from tasktune.evaluate import evaluate, pick_shots
+from tasktune.evaluate import evaluate
 from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir, write_jsonl
+from tasktune.pages import figures, page
 from tasktune.plots import png
 from tasktune.predict import Predictor
 from tasktune.rundir import file_fingerprint, read_metrics
@@ -49,8 +51,12 @@ JSON_ONLY = ("instruction-constrained",)
 PER_METHOD_KEYS = ("method", "max_steps", "epochs", "learning_rate")
 
 
-class CompareConfig(_Strict):
-    methods: list[str] = Field(default_factory=lambda: list(ALL_METHODS), description="methods to compare, in order")
+class CompareConfig(StrictModel):
+    methods: list[str] = Field(
+        default_factory=lambda: list(ALL_METHODS),
+        description=f"methods to compare, in order, from: {', '.join(ALL_METHODS)} (instruction-constrained: JSON tasks"
+        " only; the trained ones get the same token budget)",
+    )
     budget_tokens: int = Field(
         100_000, ge=1, description="training tokens (rows' real tokens, no padding) every trained method gets"
     )
@@ -65,7 +71,8 @@ class CompareConfig(_Strict):
     test_rows: int = Field(100, ge=1, description="held-out test rows every method is scored on")
     eval_batch_size: int = Field(16, ge=1, description="requests per generation batch when scoring")
     learning_rates: dict[str, float] = Field(
-        default_factory=dict, description="peak learning rate per trained method (default: DEFAULT_LEARNING_RATES)"
+        default_factory=dict,
+        description="peak learning rate per trained method, e.g. prompt=3e-2,lora=2e-4 (none: each method's default)",
     )
     isolate: bool = Field(True, description="run each method in its own process (own peak memory, no shared caches)")
     constrain: bool = Field(True, description="JSON tasks: the trained methods decode under the task's schema")
@@ -111,16 +118,16 @@ def plan_budget(budget_tokens: int, row_lengths: list[int], cfg: TrainConfig) ->
 
 def _training_row_lengths(task: TaskConfig, cfg: TrainConfig) -> list[int]:
     """The rows `train` will see, encoded as it encodes them (same hold-out, same filter)."""
+    from tasktune.batching import encode_rows, split_eval
     from tasktune.models import load_tokenizer
     from tasktune.render import ChatFormat
-    from tasktune.train import _split_eval, encode_rows
 
     path = task.data_path("train")
     if path is None:
         raise ConfigError("the task has no training data (data.train)", "set data.train in the task file")
     rows = read_examples(path)
     if task.data_path("eval") is None:
-        rows, _ = _split_eval(rows, cfg.eval_split, cfg.seed)
+        rows, _ = split_eval(rows, cfg.eval_split, cfg.seed)
     fmt = ChatFormat(load_tokenizer(cfg.model), cfg.system_prompt)
     instruction = task.instruction if task.train_with_instruction else None
     kept, _ = encode_rows(fmt, rows, instruction, cfg.max_length)
@@ -215,19 +222,11 @@ def run_method(spec: dict, method_dir: Path, isolated: bool = False) -> dict:
         predictor = Predictor.from_run(run_dir, constrain="constrain" in spec)
         shots, mode = [], "bare_input"
     else:
-        constraint = spec.get("constrain") or {}
-        predictor = Predictor.from_base(
-            spec["model"],
-            instruction=task.instruction,
-            output_kind=task.output.kind,
-            max_new_tokens=spec["max_new_tokens"],
-            precision=spec["precision"],
-            schema=constraint.get("schema"),
-            copy_fields=constraint.get("copy_fields", []),
-            constrain=bool(constraint),
-        )
-        shots = pick_shots(task, spec["shots"], spec["seed"]) if method == "few-shot" else []
-        mode = f"few_shot_{len(shots)}" if shots else "with_instruction"
+        constraint = spec.get("constrain")
+        b = baseline(task, spec["model"], shots=spec.get("shots", 0) if method == "few-shot" else 0, seed=spec["seed"],
+                     max_new_tokens=spec["max_new_tokens"], constrain=bool(constraint),
+                     schema=(constraint or {}).get("schema"), precision=spec["precision"])  # fmt: skip
+        predictor, shots, mode = b.predictor, b.shots, b.mode
         result |= {"train": None, "trainable_params": 0, "artefact_bytes": 0, "virtual_tokens": 0, "loss_curve": []}
     predictor.max_new_tokens = spec["max_new_tokens"]  # the same answer cap for every method
     report = evaluate(predictor, test, task, name=method, mode=mode, shots=shots, batch_size=spec["eval_batch_size"])
@@ -303,7 +302,7 @@ class CompareResult:
 
 def compare(task_file: str | Path, ccfg: CompareConfig, out: str | Path, train_overrides: dict | None = None):
     """Run (or resume) the comparison into `out` and write results.json, report.md and report.html there."""
-    from tasktune.train import suggest_max_new_tokens_for_answers
+    from tasktune.batching import suggest_max_new_tokens_for_answers
 
     t0 = time.perf_counter()
     ccfg.check()
@@ -605,36 +604,19 @@ def render_html(result: CompareResult) -> str:
     header, body = table_rows(result)
     th = "".join(f"<th>{escape(h)}</th>" for h in header)
     trs = "".join(
-        f"<tr{' class=rec' if row[0] == result.recommended else ''}>" + "".join(f"<td>{escape(c)}</td>" for c in row)
-        + "</tr>" for row in body
+        f"<tr{' class=highlight' if row[0] == result.recommended else ''}>"
+        + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in body
     )  # fmt: skip
     settings = "".join(f"<tr><td>{escape(a)}</td><td>{escape(b)}</td></tr>" for a, b in _settings_rows(result))
     notes = "".join(f"<li>{escape(n).replace('**', '')}</li>" for n in _notes(result))
-    imgs = "".join(
-        f'<figure><img alt="{k}" src="data:image/png;base64,{v}"><figcaption>{k.replace("_", " ")}</figcaption>'
-        "</figure>" for k, v in make_plots(result).items()
-    )  # fmt: skip
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tasktune compare: {escape(result.task)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 14px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-#settings td {{ text-align: left; }}
-tr.rec {{ background: #e6f4ea; font-weight: 600; }}
-figure {{ display: inline-block; margin: 0 1em 1em 0; }}
-img {{ max-width: 100%; border: 1px solid #eee; }}
-</style></head><body>
-<h1>tasktune compare: {escape(result.task)}</h1>
-<p class="recommendation">Recommended for <b>{escape(result.priority)}</b>: <b>{escape(result.recommended)}</b>
- &mdash; {escape(result.reason)}</p>
+    body_html = f"""<p class="recommendation">Recommended for <b>{escape(result.priority)}</b>:
+ <b>{escape(result.recommended)}</b> &mdash; {escape(result.reason)}</p>
 <table id="results"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>
 <ul>{notes}</ul>
-<h2>Plots</h2>{imgs}
-<h2>Settings</h2><table id="settings"><tbody>{settings}</tbody></table>
-</body></html>
-"""
+<h2>Plots</h2>{figures(make_plots(result))}
+<h2>Settings</h2><table id="settings"><tbody>{settings}</tbody></table>"""
+    css = "#results td { text-align: right; }\n#results td:first-child, #results th:first-child { text-align: left; }"
+    return page(f"tasktune compare: {result.task}", body_html, css)
 
 
 def write_report(result: CompareResult, out: Path) -> None:
@@ -653,9 +635,9 @@ def _jsonable(obj):
 
 
 def _worker(spec_path: str) -> int:
-    from tasktune.cli import _quiet_libraries
+    from tasktune.runtime import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     try:
         run_method(spec, Path(spec_path).parent, isolated=True)

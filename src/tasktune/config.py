@@ -19,11 +19,11 @@ from tasktune.errors import ConfigError
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class OutputSpec(_Strict):
+class OutputSpec(StrictModel):
     kind: Literal["text", "json"] = Field("text", description="what the answer is: free text, or one JSON value")
     schema_: dict | str | None = Field(
         None,
@@ -40,17 +40,17 @@ class OutputSpec(_Strict):
     )
 
 
-class DataFiles(_Strict):
+class DataFiles(StrictModel):
     train: str | None = Field(None, description="training rows (JSONL or CSV)")
     eval: str | None = Field(None, description="rows for eval loss during training; if absent, held out from train")
     test: str | None = Field(None, description="held-out rows for `tasktune eval`")
 
 
-class LoraSettings(_Strict):
+class LoraSettings(StrictModel):
     r: int = Field(16, ge=1, description="adapter rank; higher adapts more and costs more memory")
     alpha: float = Field(32.0, gt=0, description="scale of the adapter update (effective scale alpha / r)")
-    # 0 by default: peft materialises a dropout mask per adapted module, which measured 20% of a CPU training step
-    # (SmolLM2-135M, batch 16: 208 -> 326 tokens/s without it).
+    # 0 by default: peft materialises a dropout mask per adapted module, about a fifth of a CPU training step
+    # (docs/benchmarks.md, "Figures behind the code's choices").
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input (costs speed on CPU)")
     target_modules: str | list[str] = Field(
         "all-linear", description="modules that get adapters: 'all-linear' or a list of module names"
@@ -61,8 +61,7 @@ class LoraSettings(_Strict):
         description="LoRA+ (Hayou et al. 2024): the B matrices learn this many times faster than A; 1 = plain LoRA",
     )
     # Autograd stops at the lowest layer with a trainable weight, so adapting only the upper layers cuts the backward
-    # pass short: the top 15 of SmolLM2-135M's 30 layers measured 0.57x the step time of all 30 (median of 3
-    # alternating runs of benchmarks/profile_step.py --lora-top-layers 15 against no flag).
+    # pass short (step times in docs/benchmarks.md, "Figures behind the code's choices").
     top_layers: int | None = Field(
         None,
         ge=1,
@@ -70,7 +69,7 @@ class LoraSettings(_Strict):
     )
 
 
-class PrefixSettings(_Strict):
+class PrefixSettings(StrictModel):
     num_virtual_tokens: int = Field(
         20, ge=1, description="prefix length: trained key/value pairs per layer; longer adapts more, attends more"
     )
@@ -79,7 +78,7 @@ class PrefixSettings(_Strict):
     )
 
 
-class PromptSettings(_Strict):
+class PromptSettings(StrictModel):
     num_virtual_tokens: int = Field(
         20, ge=1, description="soft-prompt length: trained embeddings put before every input (they cost positions)"
     )
@@ -93,7 +92,7 @@ class PromptSettings(_Strict):
 DEFAULT_LEARNING_RATES = {"lora": 2e-4, "full": 5e-5, "prefix": 1e-2, "prompt": 3e-2}
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     model: str = Field(DEFAULT_MODEL, description="base model: built-in name, local HF folder or .gguf file")
     method: Literal["lora", "full", "prefix", "prompt"] = Field("lora", description="adaptation strategy")
     lora: LoraSettings = Field(default_factory=LoraSettings)
@@ -108,8 +107,8 @@ class TrainConfig(_Strict):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     group_by_length: bool = Field(
         False,
-        description="batch rows of similar length together: ~10% less padding, but less mixed batches (measured:"
-        " +1.5-3% eval loss after 40 LoRA steps); worth it when row lengths vary widely",
+        description="batch rows of similar length together: less padding, but less mixed batches (a slightly higher"
+        " eval loss); worth it when row lengths vary widely",
     )
     warmup_ratio: float = Field(0.05, ge=0, le=1, description="share of steps with linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
@@ -181,7 +180,7 @@ class TrainConfig(_Strict):
         return DEFAULT_LEARNING_RATES[self.method]
 
 
-class TaskConfig(_Strict):
+class TaskConfig(StrictModel):
     name: str = Field("task", description="short name of the task")
     instruction: str = Field("", description="the long instruction people sent with every request before tuning")
     output: OutputSpec = Field(default_factory=OutputSpec)

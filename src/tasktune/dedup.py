@@ -63,7 +63,7 @@ class MinHasher:
         if not texts:
             return np.empty((0, self.num_perm), np.uint16), np.empty((0, self.bands), np.uint64)
         # crc32 only names each shingle with a 32-bit number (the min-wise permutations are datasketch's random
-        # affine maps); it is ~6x faster than the default sha1, which was the largest cost of hashing 100,000 rows.
+        # affine maps); it is several times faster than the default sha1, the largest cost of hashing many rows.
         hashes = MinHash.bulk((shingles(t, self.k) for t in texts), num_perm=self.num_perm, hashfunc=zlib.crc32)
         full = np.stack([m.hashvalues for m in hashes]).astype(np.uint64)
         bands = full[:, : self.bands * self.rows].reshape(len(full), self.bands, self.rows)

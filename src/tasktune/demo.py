@@ -17,13 +17,14 @@ import gc
 import time
 from pathlib import Path
 
+from tasktune.baselines import baseline
 from tasktune.config import load_task
 from tasktune.data import read_examples
 from tasktune.evaluate import EvalReport, evaluate, format_table, format_worst
 from tasktune.examples.bug_reports import write_bug_reports
 from tasktune.fsio import atomic_write_json, ensure_writable_dir
 from tasktune.predict import Predictor
-from tasktune.train import suggest_max_new_tokens_for_answers, train
+from tasktune.train import train
 
 # The demo's promise is a whole run in about 15 minutes on 2 CPU cores; the base model's turn and the tuned model's
 # turn take about 4 of them, so training gets the rest. Every training setting is the recipe's (tasktune.recipe).
@@ -55,10 +56,8 @@ def run_demo(out: str | Path, *, n: int = 10000, test_rows: int = 100, seed: int
     test = read_examples(task.data_path("test"))[:test_rows]
 
     print(f"tasktune demo: [2/4] base model {cfg.model} with the {task.name} instruction on {len(test)} test reports")
-    cap = suggest_max_new_tokens_for_answers(cfg.model, [ex.answer for ex in read_examples(task.data_path("train"))])
     # the base side is what a team runs today: the long prompt, free decoding (the tuned side decodes under the schema)
-    base = Predictor.from_base(cfg.model, instruction=task.instruction, output_kind="json", max_new_tokens=cap,
-                               constrain=False)  # fmt: skip
+    base = baseline(task, cfg.model).predictor
     base_report = evaluate(base, test, task, name="base_with_instruction", mode="with_instruction",
                            batch_size=batch_size)  # fmt: skip
     del base

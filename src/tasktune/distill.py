@@ -41,7 +41,7 @@ from typing import Literal
 import yaml
 from pydantic import Field
 
-from tasktune.config import TaskConfig, _Strict, load_task
+from tasktune.config import StrictModel, TaskConfig, load_task
 from tasktune.data import Example, answer_text, read_examples
 from tasktune.errors import ConfigError, DataError, TaskTuneError
 from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir, write_jsonl
@@ -52,7 +52,7 @@ from tasktune.runtime import progress_enabled
 CACHE = "cache.jsonl"
 
 
-class DistillConfig(_Strict):
+class DistillConfig(StrictModel):
     """Settings of `tasktune distill` (each is a flag: `max_tokens` ↔ `--max-tokens`)."""
 
     teacher: str | None = Field(
@@ -546,7 +546,7 @@ def _check(out: Path, task_src: TaskConfig):
     return report
 
 
-def format_summary(r: DistillResult) -> str:
+def format_distill(r: DistillResult) -> str:
     lines = [
         f"tasktune: distill: {r.labelled} of {r.inputs} inputs labelled by {r.teacher}"
         f" (train {r.splits['train']}, eval {r.splits['eval']}, test {r.splits['test']}); {r.dropped} invalid"
@@ -587,7 +587,7 @@ class AgreementReport:
 def agreement_scores(student: list[str], teacher: list[str], kind: str, schema: dict | None = None,
                      free_text: set[str] = frozenset()) -> dict:  # fmt: skip
     """Exact and field-level agreement of the student's answers with the teacher's (the teacher's are the targets)."""
-    from tasktune.metrics import _same_record, field_scores, text_metrics
+    from tasktune.metrics import field_scores, same_record, text_metrics
 
     n = len(student)
     if not n:
@@ -603,7 +603,7 @@ def agreement_scores(student: list[str], teacher: list[str], kind: str, schema: 
                 got = None
             else:
                 valid += not schema_errors(got, schema)
-            exact += got is not None and _same_record(got, want)
+            exact += got is not None and same_record(got, want)
             fields += field_scores(got, want, free_text).values()
         return {"exact_agreement": exact / n, "field_agreement": sum(fields) / max(len(fields), 1),
                 "rouge_l_agreement": None, "student_valid_rate": valid / n}  # fmt: skip

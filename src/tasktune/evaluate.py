@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from tasktune.config import TaskConfig
 from tasktune.data import Example, read_examples
 from tasktune.errors import TaskTuneError
-from tasktune.metrics import diff, example_score, json_metrics, main_metric_name, text_metrics
+from tasktune.metrics import diff, example_score, json_metrics, text_metrics
 from tasktune.predict import Prediction, Predictor
-from tasktune.task_metrics import METRICS, compute
+from tasktune.task_metrics import METRICS, compute, main_metric_name
 
 
 @dataclass
@@ -108,7 +108,7 @@ def _meta(ex: Example) -> dict:
 
 
 def _main_metric(task: TaskConfig, metrics: dict, refs: list[str]) -> str | None:
-    """The metric the task is judged by (metrics.main_metric_name: exact match for labels, say) when it was
+    """The metric the task is judged by (task_metrics.main_metric_name: exact match for labels, say) when it was
     computed and higher is better (compare ranks by it)."""
     name = main_metric_name(task, refs)
     if metrics.get(name) is None:

@@ -130,7 +130,7 @@ def json_metrics(preds: list[str], refs: list[str], schema: dict | None = None,
         for path, s in scores.items():
             per_field[re.sub(r"\[\d+\]", "[]", path)].append(s)
         all_scores += scores.values()
-        exact += pred is not None and _same_record(pred, ref)
+        exact += pred is not None and same_record(pred, ref)
     return {
         "valid_json_rate": valid / n if n else 0.0,
         "json_found_rate": found / n if n else 0.0,
@@ -142,7 +142,7 @@ def json_metrics(preds: list[str], refs: list[str], schema: dict | None = None,
     }
 
 
-def _same_record(pred, ref) -> bool:
+def same_record(pred, ref) -> bool:
     got, want = leaves(pred), leaves(ref)
     return got.keys() == want.keys() and all(
         normalise(got[k]) == normalise(want[k]) and type(got[k]) is type(want[k]) for k in want
@@ -207,27 +207,3 @@ def diff(pred: str, ref: str, kind: str) -> list[str]:
     import difflib
 
     return list(difflib.unified_diff(ref.splitlines(), pred.splitlines(), "expected", "got", lineterm="", n=0))[2:]
-
-
-def is_label_task(answers: list[str]) -> bool:
-    """Answers drawn from a small set of short strings (one label per row), as opposed to free text or records."""
-    if not answers:
-        return False
-    distinct = set(answers)
-    return len(distinct) <= max(2, min(200, len(answers) // 2)) and max(len(a) for a in distinct) <= 64
-
-
-BUILT_IN = ("field_accuracy", "exact_match", "rouge_l", "chrf", "valid_json_rate", "schema_valid_rate")
-
-
-def main_metric_name(task, answers: list[str]) -> str:
-    """The metric a task is judged by: its own `metric` when set; else field accuracy for JSON answers, exact match
-    for labels, ROUGE-L for free text. `answers`: the training answers, which tell labels from free text."""
-    if task.metric:
-        from tasktune.task_metrics import METRICS
-
-        if task.metric in BUILT_IN or (task.metric in METRICS and METRICS[task.metric].higher_is_better):
-            return task.metric
-    if task.output.kind == "json":
-        return "field_accuracy"
-    return "exact_match" if is_label_task(answers) else "rouge_l"

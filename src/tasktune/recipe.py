@@ -106,7 +106,7 @@ def choose_recipe(cfg: TrainConfig, facts: DataFacts) -> tuple[TrainConfig, Reci
     on_cpu = facts.device == "cpu"
     choose("method", "lora", "adapters train fast, keep the base model shared for serving, and cannot forget it")
     if update.get("method", cfg.method) == "lora":
-        # LoRA+ (Hayou et al. 2024): B learns 16x faster than A; at 5e-4 it beat plain LoRA at 1e-3 and 2e-4.
+        # LoRA+ (Hayou et al. 2024): B learns 16x faster than A; this rate won the recipe sweep (docs/benchmarks.md).
         choose("learning_rate", 5e-4, "LoRA+ rate for A (B at 16x): the best of the rates measured across tasks")
         if "plus_lr_ratio" not in lora_given:
             lora_update["plus_lr_ratio"] = 16.0

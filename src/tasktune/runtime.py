@@ -11,13 +11,10 @@ import torch
 def bf16_supported() -> bool:
     """Whether bf16 matmuls beat fp32 here: on recent GPUs, and on CPUs with AMX tiles.
 
-    AVX512-BF16 alone is not enough. On a 2-core Xeon (family 6, model 207) whose hypervisor hides AMX, oneDNN's
-    avx512_core_bf16 kernel ran a 690x576 by 576x1536 product at 164 GFLOP/s against fp32's 307, a LoRA training step
-    at 267 tokens/s against 440, and generation 0.93x (batch 16) and 0.86x (one at a time) as fast
-    (`benchmarks/profile_step.py --precision`, `benchmarks/generate_throughput.py --precision`). With AMX, LoRA
-    training ran at 460 tokens/s in bf16 against 397 in fp32 (README, Performance). The rule reads CPU flags, not a
-    timing, so one machine always makes the same choice (and a resumed run continues in the precision it started
-    with).
+    AVX512-BF16 alone is not enough: where a hypervisor hides AMX, oneDNN's avx512_core_bf16 kernels run matmuls,
+    training steps and generation slower in bf16 than in fp32; with AMX, bf16 is the faster (docs/benchmarks.md,
+    "Figures behind the code's choices"). The rule reads CPU flags, not a timing, so one machine always makes the
+    same choice (and a resumed run continues in the precision it started with).
     """
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
@@ -48,7 +45,7 @@ def describe_precision(precision: str) -> str:
 def cast_for_inference(model, precision: str) -> str:
     """Store `model`'s weights in bf16 where `precision` resolves to bf16 (in place; LoRA adapters too, inference
     only reads them) and return the resolved precision. Casting fp32 weights under autocast on every decoding step
-    costs more than the matmuls of a 135M model (measured: generation 2x slower)."""
+    costs more than the matmuls of a 135M model."""
     resolved = resolve_precision(precision)
     if resolved == "bf16":
         model.to(torch.bfloat16)
@@ -80,11 +77,25 @@ def make_accelerator(precision: str, log_with: list[str] | None = None, project_
 
 
 # Batch widths are rounded up to a multiple of this. On CPU each new (batch, width) shape grows per-shape caches
-# (oneDNN kernels, allocator pools) and slows every later step. LoRA on SmolLM2-135M, batch 4, 160 steps: free widths
-# fell from 361 to 249 tokens/s while peak RSS grew from 3.8 to 5.8 GB; widths in steps of 32 held 382 -> 370 tokens/s
-# (padding included) at 3.8 GB. `python benchmarks/padding_buckets.py` reproduces it.
+# (oneDNN kernels, allocator pools) and slows every later step while memory grows; widths in steps of 32 keep the
+# speed and the memory flat (docs/benchmarks.md, "Figures behind the code's choices"; benchmarks/padding_buckets.py).
 PAD_MULTIPLE = 32
 
 
 def padded_width(width: int, multiple: int = PAD_MULTIPLE) -> int:
     return -(-width // multiple) * multiple
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars say what is happening; the libraries' loading bars and deprecation chatter do not."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass

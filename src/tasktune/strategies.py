@@ -24,7 +24,7 @@ class Strategy:
     description: str
     frozen_base: bool = False  # base weights are not trained: under bf16 they can be stored in bf16
     # Positions the trained model puts before the input ids: prompt tuning prepends its soft prompt to the input
-    # embeddings, so the logits come out that many positions longer than the labels (train.token_loss aligns them).
+    # embeddings, so the logits come out that many positions longer than the labels (loss.token_loss aligns them).
     prepended_tokens: Callable[[TrainConfig], int] = lambda cfg: 0
 
 

@@ -166,3 +166,25 @@ def policy_violations(prediction: str, meta: dict) -> list[str]:
     broken += [names.get(f"must_not[{i}]", f"must_not[{i}]") for i, g in enumerate(meta.get("must_not") or [])
                if matches(g, prediction)]  # fmt: skip
     return broken
+
+
+# --- which metric judges a task ------------------------------------------------------------------------------
+def is_label_task(answers: list[str]) -> bool:
+    """Answers drawn from a small set of short strings (one label per row), as opposed to free text or records."""
+    if not answers:
+        return False
+    distinct = set(answers)
+    return len(distinct) <= max(2, min(200, len(answers) // 2)) and max(len(a) for a in distinct) <= 64
+
+
+BUILT_IN = ("field_accuracy", "exact_match", "rouge_l", "chrf", "valid_json_rate", "schema_valid_rate")
+
+
+def main_metric_name(task, answers: list[str]) -> str:
+    """The metric a task is judged by: its own `metric` when set; else field accuracy for JSON answers, exact match
+    for labels, ROUGE-L for free text. `answers`: the training answers, which tell labels from free text."""
+    if task.metric and (task.metric in BUILT_IN or (task.metric in METRICS and METRICS[task.metric].higher_is_better)):
+        return task.metric
+    if task.output.kind == "json":
+        return "field_accuracy"
+    return "exact_match" if is_label_task(answers) else "rouge_l"

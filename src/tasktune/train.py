@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from tasktune.batching import collate, encode_rows, shuffled_batches, split_eval, suggest_max_new_tokens
 from tasktune.checkpoint import (
     Checkpointing,
     StopOnSignal,
@@ -31,20 +31,19 @@ from tasktune.checkpoint import (
 )
 from tasktune.config import TaskConfig, TrainConfig
 from tasktune.constrain import task_schema
-from tasktune.data import Example, read_examples
+from tasktune.data import read_examples
 from tasktune.distributed import check_engine, quiet_unless_main
 from tasktune.durations import budget_seconds
 from tasktune.errors import ConfigError, DataError, TaskTuneError
 from tasktune.fsio import atomic_dir, atomic_write_json, ensure_writable_dir
+from tasktune.loss import evaluate_loss, token_loss
 from tasktune.models import load_base, load_tokenizer, resolve_model
 from tasktune.recipe import DataFacts, choose_recipe
 from tasktune.render import IGNORE, ChatFormat, Encoded
 from tasktune.rundir import MetricsLog, RunInfo, write_config, write_env
 from tasktune.runtime import (
-    PAD_MULTIPLE,
     describe_precision,
     make_accelerator,
-    padded_width,
     progress_enabled,
     resolve_precision,
 )
@@ -86,137 +85,12 @@ class TrainResult:
         return asdict(self)
 
 
-# --- data ---------------------------------------------------------------------------------------------------------
-def encode_rows(fmt: ChatFormat, rows: list[Example], instruction: str | None, max_length: int):
-    """Encode rows; rows longer than max_length are skipped (truncating would cut the answer and its EOS)."""
-    kept, skipped = [], []
-    for ex in rows:
-        enc = fmt.encode_example(fmt.with_instruction(ex.messages, instruction))
-        if len(enc.input_ids) <= max_length:
-            kept.append(enc)
-        else:
-            skipped.append(ex)
-    return kept, skipped
-
-
-def shuffled_batches(lengths: list[int], batch_size: int, rng: random.Random, group_by_length: bool) -> list[list[int]]:
-    """One epoch's batches of row indices, in a seeded random order.
-
-    Plain: shuffle, then cut into batches, so every batch is a random draw (as TRL and the HF Trainer do).
-    `group_by_length`: shuffle, sort within mega-chunks of 32 batches by length, cut, shuffle the batches: each batch
-    holds rows of one length, so less padding (measured on bug reports: 10% padding against 23%), but also one
-    writing style per batch; after 40 LoRA steps on 160 bug reports that cost 1.5-3% eval loss against random
-    batches over 3 seeds (probe runs; `benchmarks/train_throughput.py --repeats 3 --settings
-    tasktune,tasktune_grouped` compares the two), so it is opt-in, for data whose lengths vary widely."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if not group_by_length:
-        return [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
-    chunk = batch_size * 32
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: lengths[i], reverse=True)
-        batches += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(rows: list[Encoded], pad_id: int, multiple: int = PAD_MULTIPLE) -> dict[str, torch.Tensor]:
-    """Right-pad; labels of padding are IGNORE by construction, not by comparing ids with pad (pad may equal EOS)."""
-    width = padded_width(max(len(r.input_ids) for r in rows), multiple)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r.input_ids)
-        ids[i, :n] = torch.tensor(r.input_ids)
-        labels[i, :n] = torch.tensor(r.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-# --- loss ---------------------------------------------------------------------------------------------------------
-def supervised_logits(
-    model, batch: dict[str, torch.Tensor], supervised_only: bool = True, prepended: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits at the supervised positions (one row per predicted token), their targets, and the boolean mask of
-    those positions in the batch (row-major, so `keep.nonzero()[:, 0]` says which example each token belongs to).
-
-    With `supervised_only`, the output projection runs only where a label is supervised (transformers'
-    `logits_to_keep` boolean mask): a 49k-wide vocabulary matmul per prompt token is the largest waste in SFT.
-    `prepended`: positions the model puts before the input ids (prompt tuning's soft prompt, see
-    `Strategy.prepended_tokens`); its logits run that much longer, so the mask gets as many False columns in front.
-    """
-    targets_all = batch["labels"][:, 1:]
-    keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
-    keep[:, :-1] = targets_all != IGNORE
-    targets = targets_all[targets_all != IGNORE]
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-    if supervised_only:
-        model_keep = F.pad(keep, (prepended, 0), value=False) if prepended else keep
-        logits = model(**kwargs, logits_to_keep=model_keep).logits
-    else:
-        logits = model(**kwargs).logits
-    if logits.dim() == 3:  # full logits (plain path, or a model without boolean logits_to_keep)
-        logits = logits[:, -keep.shape[1] :][keep]  # the last positions are the input ids' own
-    return logits, targets, keep
-
-
-def token_loss(
-    model, batch: dict[str, torch.Tensor], supervised_only: bool = True, prepended: int = 0
-) -> tuple[torch.Tensor, int]:
-    """Sum of next-token cross-entropy over supervised positions, and their count (see `supervised_logits`)."""
-    logits, targets, _ = supervised_logits(model, batch, supervised_only, prepended)
-    loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
-    return loss_sum, int(targets.numel())
-
-
-@torch.no_grad()
-def evaluate_loss(
-    model, rows: list[Encoded], pad_id: int, batch_size: int, accelerator, prepended: int = 0
-) -> float | None:
-    if not rows:
-        return None
-    model.eval()
-    total, count = 0.0, 0
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
-    for j in range(0, len(order), batch_size):
-        batch = collate([rows[i] for i in order[j : j + batch_size]], pad_id)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast():
-            s, n = token_loss(model, batch, prepended=prepended)
-        total += s.item()
-        count += n
-    model.train()
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def row_losses(model, rows: list[Encoded], pad_id: int, batch_size: int = 8, prepended: int = 0) -> list[float]:
-    """Mean answer-token loss of each row, teacher-forced, in the order given (the run doctor's membership test)."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = [0.0] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
-    for j in range(0, len(order), batch_size):
-        idx = order[j : j + batch_size]
-        batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx], pad_id).items()}
-        logits, targets, keep = supervised_logits(model, batch, prepended=prepended)
-        per_token = F.cross_entropy(logits.float(), targets, reduction="none")
-        which = keep.nonzero()[:, 0]
-        sums = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, which.cpu(), per_token.double().cpu())
-        counts = torch.bincount(which.cpu(), minlength=len(idx)).clamp(min=1)
-        for k, i in enumerate(idx):
-            out[i] = float(sums[k] / counts[k])
-    return out
-
-
 def frozen_linears_to_bf16(model) -> None:
     """Store the Linear weights of a base that stays frozen in bf16 (not the tied embeddings).
 
     Frozen matmul weights need no fp32 master copy: stored in bf16 they skip autocast's per-step casts and halve
     their memory. Embeddings and norms stay fp32, so the residual stream stays fp32 too (a whole-bf16 model ran its
-    element-wise ops in bf16 and was slower: 387-410 against 460 tokens/s for this, same eval loss). peft keeps the
+    element-wise ops in bf16 and was slower, at the same eval loss). peft keeps the
     trained adapter weights in fp32 (autocast_adapter_dtype)."""
     embeddings = model.get_input_embeddings().weight
     for module in model.modules():
@@ -543,16 +417,6 @@ def fit(
 
 
 # --- the command --------------------------------------------------------------------------------------------------
-def _split_eval(rows: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
-    if share <= 0 or len(rows) < 10:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, min(int(len(rows) * share), 500))
-    held = set(order[:n_eval])
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
-
-
 def _validator(task, cfg, fmt, instruction, eval_examples, train_rows, train_examples, accelerator):
     """The task-metric validator on the first `validate_rows` held-out rows, or None when validation is off."""
     if cfg.validate_every == 0 or not eval_examples:
@@ -575,23 +439,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
     return out
-
-
-def suggest_max_new_tokens(rows: list[Encoded]) -> int:
-    """Room for the longest training answer and half again: generous enough, yet a runaway answer stops early."""
-    return _answer_cap(max((r.n_supervised for r in rows), default=128))
-
-
-def _answer_cap(longest: int) -> int:
-    return int(min(2048, math.ceil(longest * 1.5) + 16))
-
-
-def suggest_max_new_tokens_for_answers(model_spec: str, answers: list[str]) -> int:
-    """The same cap for an untuned model, from the task's training answers (so both sides of a comparison match)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(resolve_model(model_spec).path)
-    return _answer_cap(max((len(tok.encode(a, add_special_tokens=False)) + 1 for a in answers[:5000]), default=128))
 
 
 def train(
@@ -632,7 +479,7 @@ def train(
     if eval_path is not None:
         eval_examples = read_examples(eval_path)
     else:
-        rows, eval_examples = _split_eval(rows, cfg.eval_split, cfg.seed)
+        rows, eval_examples = split_eval(rows, cfg.eval_split, cfg.seed)
 
     out = Path(out)
     accelerator = make_accelerator(cfg.precision, cfg.report_to, out)

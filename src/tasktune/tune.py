@@ -34,6 +34,7 @@ from tasktune.config import TaskConfig, TrainConfig, load_task, merge_overrides
 from tasktune.durations import budget_seconds, validate_budget
 from tasktune.errors import ConfigError, TaskTuneError, TrainingStopped
 from tasktune.fsio import atomic_write_json, atomic_write_text, ensure_writable_dir
+from tasktune.pages import figures, page
 from tasktune.plots import png
 from tasktune.rundir import file_fingerprint, read_config
 from tasktune.runtime import progress_enabled
@@ -657,29 +658,15 @@ def render_html(result: TuneResult) -> str:
     header, body = table_rows(result)
     th = "".join(f"<th>{escape(h)}</th>" for h in header)
     best = result.best["number"] if result.best else None
-    trs = "".join(f"<tr{' class=best' if r['number'] == best else ''}>"
+    trs = "".join(f"<tr{' class=highlight' if r['number'] == best else ''}>"
                   + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
                   for r, row in zip(result.trials, body, strict=True))  # fmt: skip
     notes = "".join(f"<li>{escape(n)}</li>" for n in _notes(result))
-    imgs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"><figcaption>{k.replace("_", " ")}'
-                   "</figcaption></figure>" for k, v in make_plots(result).items())  # fmt: skip
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tasktune tune: {escape(result.task)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 14px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th:nth-child(-n+3), td:nth-child(-n+3) {{ text-align: left; }}
-tr.best {{ background: #e6f4ea; font-weight: 600; }}
-figure {{ display: inline-block; margin: 0 1em 1em 0; }}
-img {{ max-width: 100%; border: 1px solid #eee; }}
-</style></head><body>
-<h1>tasktune tune: {escape(result.task)}</h1>
-<table id="trials"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>
+    body_html = f"""<table id="trials"><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>
 <ul>{notes}</ul>
-<h2>Plots</h2>{imgs}
-</body></html>
-"""
+<h2>Plots</h2>{figures(make_plots(result))}"""
+    css = "#trials td { text-align: right; }\n#trials td:nth-child(-n+3) { text-align: left; }"
+    return page(f"tasktune tune: {result.task}", body_html, css)
 
 
 def write_report(result: TuneResult, out: Path) -> None:

@@ -16,8 +16,9 @@ import torch
 from tasktune.config import TaskConfig
 from tasktune.data import Example
 from tasktune.generate import generate
-from tasktune.metrics import json_metrics, main_metric_name, text_metrics
+from tasktune.metrics import json_metrics, text_metrics
 from tasktune.render import ChatFormat
+from tasktune.task_metrics import main_metric_name
 
 BEST_FILE = "validation-best.safetensors"  # the best weights so far, kept in the run folder while it trains
 

@@ -10,6 +10,6 @@ answers in the task's format to unrelated questions), and links what it sees to 
 """
 
 from tasktune.diagnose.doctor import DiagnoseConfig, diagnose, save_diagnosis
-from tasktune.diagnose.findings import Diagnosis, Finding, format_summary
+from tasktune.diagnose.findings import Diagnosis, Finding, format_diagnosis
 
-__all__ = ["DiagnoseConfig", "Diagnosis", "Finding", "diagnose", "format_summary", "save_diagnosis"]
+__all__ = ["DiagnoseConfig", "Diagnosis", "Finding", "diagnose", "format_diagnosis", "save_diagnosis"]

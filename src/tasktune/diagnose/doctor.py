@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
-from tasktune.config import TrainConfig, _Strict
+from tasktune.config import StrictModel, TrainConfig
 from tasktune.data import Example, read_examples
 from tasktune.diagnose.curves import curve_findings
 from tasktune.diagnose.findings import Diagnosis, Finding, demote_consequences
@@ -31,13 +32,13 @@ from tasktune.rundir import RunInfo, load_run_task, read_config, read_metrics
 FORMAT_OVERLAP = 0.5
 
 
-class DiagnoseConfig(_Strict):
+class DiagnoseConfig(StrictModel):
     limit: int = Field(32, ge=1, description="held-out inputs the tuned model answers (stopping, format, copying)")
     batch_size: int = Field(16, ge=1, description="requests per generation batch")
     probes: bool = Field(True, description="ask the general-ability probes of base and tuned model")
     probe_max_new_tokens: int = Field(48, ge=1, description="answer cap for the probes (short questions)")
     data_check: bool = Field(True, description="run the dataset doctor on the run's data and link its findings")
-    precision: str = Field("auto", description="inference precision: auto | bf16 | fp32")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="inference precision")
 
 
 def _exists(path: Path | None) -> bool:
@@ -48,13 +49,13 @@ def _splits(task, train: TrainConfig) -> tuple[list[Example], list[Example], str
     """(training rows as trained, held-out rows, where the held-out rows come from, unseen rows drawn like train):
     held-out rows are test, else eval, else the share of train that `train` held out for eval loss (same seed, same
     rows); the unseen rows for the membership test are eval (or that share), else test."""
-    from tasktune.train import _split_eval
+    from tasktune.batching import split_eval
 
     train_path = task.data_path("train")
     rows = read_examples(train_path) if _exists(train_path) else []
     eval_path = task.data_path("eval")
     if not _exists(eval_path):
-        rows, held = _split_eval(rows, train.eval_split, train.seed)
+        rows, held = split_eval(rows, train.eval_split, train.seed)
     else:
         held = read_examples(eval_path)
     test_path = task.data_path("test")
@@ -75,8 +76,9 @@ def _spread(rows: list, n: int) -> list:
 
 def _membership(predictor, info: RunInfo, train: TrainConfig, train_rows, unseen, cfg: DiagnoseConfig) -> dict:
     """Teacher-forced answer losses of up to `cfg.limit` training rows and as many unseen ones (memorisation.py)."""
+    from tasktune.batching import encode_rows
+    from tasktune.loss import row_losses
     from tasktune.strategies import get_strategy
-    from tasktune.train import encode_rows, row_losses
 
     if not train_rows or not unseen:
         return {}
@@ -154,7 +156,7 @@ def diagnose(run: str | Path, cfg: DiagnoseConfig | None = None) -> Diagnosis:
         findings += found
         if kind == "json":
             schema = task.json_schema()
-            overfit = next((f for f in findings if f.id == "overfitting"), None)
+            overfit = next((f for f in findings if f.code == "overfitting"), None)
             best = overfit.evidence["best_eval_step"] if overfit else None
             found, fig = json_validity_findings(outs, stopped, lambda v: schema_errors(v, schema), data_codes, best)
             findings += found

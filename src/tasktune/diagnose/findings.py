@@ -4,23 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-SEVERITIES = ("error", "warning", "info")
+from tasktune.findings import SEVERITIES, Finding
 
 # Findings about the optimisation itself: when one of these is an error, what the model then does (no stop, broken
 # JSON, copied answers, forgotten skills) follows from it, and is reported as its consequence rather than as a cause.
 ROOT_CAUSES = ("loss-not-finite", "loss-diverged", "loss-flat")
 CONSEQUENCES = ("no-stop", "runs-past-answer", "invalid-output", "memorisation", "format-drift", "forgetting")
-
-
-@dataclass
-class Finding:
-    id: str  # stable name, e.g. "loss-diverged"
-    severity: str  # error | warning | info
-    message: str  # what was seen, with its numbers
-    remedy: str  # which setting to change, to what, and why
-    evidence: dict = field(default_factory=dict)  # the numbers behind the message
-    linked: list[str] = field(default_factory=list)  # dataset-doctor codes (`tasktune check`) that explain it
-    cause: str | None = None  # id of the root-cause finding this one follows from
 
 
 @dataclass
@@ -42,11 +31,11 @@ class Diagnosis:
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "error"]
 
-    def ids(self, severity: str | None = None) -> set[str]:
-        return {f.id for f in self.findings if severity is None or f.severity == severity}
+    def codes(self, severity: str | None = None) -> set[str]:
+        return {f.code for f in self.findings if severity is None or f.severity == severity}
 
-    def get(self, finding_id: str) -> Finding | None:
-        return next((f for f in self.findings if f.id == finding_id), None)
+    def get(self, code: str) -> Finding | None:
+        return next((f for f in self.findings if f.code == code), None)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -56,27 +45,27 @@ class Diagnosis:
 
 def demote_consequences(findings: list[Finding]) -> list[Finding]:
     """Sort by severity; behind a failed optimisation, report the output symptoms as its consequences (info)."""
-    root = next((f for f in findings if f.id in ROOT_CAUSES and f.severity == "error"), None)
+    root = next((f for f in findings if f.code in ROOT_CAUSES and f.severity == "error"), None)
     if root is not None:
         for f in findings:
-            if f.id in CONSEQUENCES and f.severity != "info":
-                f.cause = root.id
+            if f.code in CONSEQUENCES and f.severity != "info":
+                f.cause = root.code
                 f.severity = "info"
-                f.message += f" (a consequence of {root.id}: fix that first)"
+                f.message += f" (a consequence of {root.code}: fix that first)"
     return sorted(findings, key=lambda f: SEVERITIES.index(f.severity))
 
 
-def format_summary(d: Diagnosis) -> str:
+def format_diagnosis(d: Diagnosis) -> str:
     """Terminal summary: one line per finding, then each error and warning with its remedy."""
     counts = {s: sum(f.severity == s for f in d.findings) for s in SEVERITIES}
     lines = [f"tasktune diagnose: {d.run} ({d.method}, task {d.task}): {counts['error']} error(s), "
              f"{counts['warning']} warning(s), {counts['info']} info ({d.seconds:.0f}s)"]  # fmt: skip
     if d.findings:
-        width = max(len(f.id) for f in d.findings)
-        lines += [f"  {f.severity:<7}  {f.id:<{width}}  {f.message}" for f in d.findings]
+        width = max(len(f.code) for f in d.findings)
+        lines += [f"  {f.severity:<7}  {f.code:<{width}}  {f.message}" for f in d.findings]
     for f in d.findings:
         if f.severity != "info":
-            lines.append(f"fix {f.id}: {f.remedy}")
+            lines.append(f"fix {f.code}: {f.remedy}")
     if not counts["error"]:
         lines.append("no error-level finding: the run trained, stops and generalises as far as these checks see")
     return "\n".join(lines)

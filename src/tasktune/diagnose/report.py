@@ -6,6 +6,7 @@ import math
 from html import escape
 
 from tasktune.diagnose.findings import Diagnosis
+from tasktune.pages import image, page
 from tasktune.plots import png
 
 
@@ -67,14 +68,13 @@ def _rows(items: list[list[str]], cls: str = "") -> str:
 
 def render_html(d: Diagnosis, records: list[dict]) -> str:
     findings = "".join(
-        f"<tr class={f.severity}><td>{f.severity}</td><td><code>{escape(f.id)}</code></td><td>{escape(f.message)}"
+        f"<tr class={f.severity}><td>{f.severity}</td><td><code>{escape(f.code)}</code></td><td>{escape(f.message)}"
         f"</td><td>{escape(f.remedy)}</td></tr>" for f in d.findings
     ) or "<tr><td colspan=4>no findings</td></tr>"  # fmt: skip
     plot = loss_plot(records, d.curves)
-    img = f'<img alt="loss curves" src="data:image/png;base64,{plot}">' if plot else "<p>no metrics recorded</p>"
+    img = image("loss curves", plot) if plot else "<p>no metrics recorded</p>"
     val = metric_plot(records)
-    val_img = (f'<img alt="validation metric" src="data:image/png;base64,{val}">' if val
-               else "<p>no validation by the task metric in this run</p>")  # fmt: skip
+    val_img = image("validation metric", val) if val else "<p>no validation by the task metric in this run</p>"
     p = d.probes
     probe_table = ""
     if p:
@@ -98,21 +98,10 @@ def render_html(d: Diagnosis, records: list[dict]) -> str:
     }
     figure_rows = _rows([[sec, k, f"{v:.4g}" if isinstance(v, float) else v] for sec, fig in figures.items()
                          for k, v in fig.items() if not isinstance(v, (dict, list))])  # fmt: skip
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tasktune diagnose: {escape(d.run)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: 14px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }}
-tr.error td:first-child {{ background: #fde2e1; font-weight: 600; }}
-tr.warning td:first-child {{ background: #fff4d6; }}
-img {{ max-width: 100%; border: 1px solid #eee; }}
-</style></head><body>
-<h1>tasktune diagnose: {escape(d.run)}</h1>
-<p>{escape(d.method)} run of task <b>{escape(d.task)}</b> ({escape(d.output_kind)} answers):
+    body = f"""<p>{escape(d.method)} run of task <b>{escape(d.task)}</b> ({escape(d.output_kind)} answers):
  {counts["error"]} error(s), {counts["warning"]} warning(s), {counts["info"]} info.</p>
 <h2>Findings</h2>
-<table id="findings"><tr><th>severity</th><th>id</th><th>evidence</th><th>remedy</th></tr>{findings}</table>
+<table id="findings"><tr><th>severity</th><th>code</th><th>evidence</th><th>remedy</th></tr>{findings}</table>
 <h2>Task metric on the validation rows</h2>{val_img}
 <h2>Loss curves</h2>{img}
 <h2>Figures</h2><table id="figures">{figure_rows}</table>
@@ -121,6 +110,7 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 <h2>General-ability probes</h2>{probe_table or "<p>not run</p>"}
 <h2>Held-out answers</h2>
 <table id="examples"><tr><th>row</th><th>input</th><th>output</th><th>reference</th><th>stopped</th>
-<th>copies training row</th></tr>{examples}</table>
-</body></html>
-"""
+<th>copies training row</th></tr>{examples}</table>"""
+    css = """tr.error td:first-child { background: #fde2e1; font-weight: 600; }
+tr.warning td:first-child { background: #fff4d6; }"""
+    return page(f"tasktune diagnose: {d.run}", body, css)

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasktune.examples import pick, register, typos, write_splits
+from tasktune.examples.kit import pick, register, typos, write_splits
 
 PRODUCT = "Driftwood"
 COMPONENTS = ["login", "sync", "editor", "export", "search", "notifications", "billing", "settings"]
@@ -235,8 +235,8 @@ VERSION_FORMS = (("v{M}.{m}.{p}", "version {M}.{m}.{p}", "app version {M}.{m}.{p
                   "Driftwood {M}.{m}"),
                  ("build {M}.{m}.{p}", "release {M}.{m}"))  # fmt: skip
 # The training pools are wide on purpose: ten phrasings of "sometimes" teach a lookup table that an eleventh
-# phrasing falls through (measured: the held-out "hit or miss" scored 0/37 after training on ten, 23/37 after
-# training on 27), while a wide pool of unrelated idioms teaches the concept. No training phrase shares the
+# phrasing falls through (a held-out phrasing was missed after training on ten and mostly found after training on
+# 27), while a wide pool of unrelated idioms teaches the concept. No training phrase shares the
 # distinctive words of a held-out one.
 REPRO_PHRASES = {
     "always": (("it happens every time", "100% reproducible", "always happens", "each and every time I try",

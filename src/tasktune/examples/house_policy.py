@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasktune.examples import ask, register, stable_choice, unique_rows, write_splits
+from tasktune.examples.kit import ask, register, stable_choice, unique_rows, write_splits
 
 REFUSE = r"(?:can ?not|can't|am not able to|am unable to|won't be able to|not able to|unable to) (?:share|give|disclose|reveal|look up|provide|confirm)"
 # Every answer, whatever its category: no hard promises, no rudeness, no blame.

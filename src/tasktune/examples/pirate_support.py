@@ -14,7 +14,7 @@ import random
 import re
 from pathlib import Path
 
-from tasktune.examples import register, unique_rows
+from tasktune.examples.kit import register, unique_rows
 
 INSTRUCTION = "You are a pirate. Start every reply with 'Ahoy matey!'. Keep your reply short."
 # An answer follows the persona when it speaks like a pirate: one of these words (case-insensitive, whole words).

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasktune.examples import ask, register, stable_choice, unique_rows, write_splits
+from tasktune.examples.kit import ask, register, stable_choice, unique_rows, write_splits
 
 SUPPORT = "support@driftwood.app"
 

@@ -22,7 +22,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasktune.examples import pick, register, typos, write_splits
+from tasktune.examples.kit import pick, register, typos, write_splits
 
 TRAIN_STYLES = ["email", "email_thread", "chat", "webform", "mobile"]
 TEST_STYLES = ["phone_notes", "forwarded"]

@@ -1,148 +1,31 @@
-"""tasktune check: the dataset doctor. Reads every row of every split before any training and reports what would
-hurt it, each problem with its file and line, a severity and a remedy.
-
-    tasktune check DATA [DATA ...] [--task TASK.yaml] [--model M] [--max-length N] [--method lora|full]
-                   [--show N] [--json FILE] [--fix OUT]
-
-With `--task`, the task's data.train / data.eval / data.test are checked (DATA, if given, replaces them: the first
-file is the training split, the others are held-out splits). Exit code 0 without errors, 1 with errors, 2 for bad
-usage. `tasktune train` runs the same check first and refuses to start on errors unless `--force`.
-
-What it looks at, per row and then per split (codes in RULES):
-  format      unreadable lines, non-UTF-8 bytes, missing/empty/mistyped fields, unknown roles, no assistant turn
-  labels      answers that are not JSON or break the task's schema (with the JSON path), skewed categorical fields,
-              the same input with different answers
-  duplicates  exact and near duplicates (MinHash, Jaccard >= 0.9 on word 5-shingles) within a split, and held-out
-              rows that leak into train
-  lengths     prompt / answer tokens with the model's own tokenizer, rows that max_length would cut, supervised share
-  template    chat-template control tokens inside content, answers that would not end at the stop token
-  size        too few rows for the method, held-out split too small to measure a difference
-  privacy     e-mail addresses, phone numbers, API keys, card numbers (masked; never printed in full)
-
-Memory stays bounded: a row's texts are dropped once its batch is processed; what is kept per row is two 8-byte
-digests, a line number, two token counts, a 256-byte MinHash signature and its 40 bytes of band keys (~330 bytes).
-"""
+"""The scan: every row of every split, read once, in bounded memory; the findings it raises."""
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import re
 import time
 from array import array
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tasktune.check.report import CheckReport
+from tasktune.check.rules import MIN_ROWS, RULES
 from tasktune.config import DEFAULT_MODEL, TaskConfig, TrainConfig
 from tasktune.data import Example, RowError, iter_rows, open_rows
 from tasktune.dedup import MinHasher, cross_pairs, digest, first_with_same_key, near_pairs, normalise
 from tasktune.errors import ConfigError, DataError, TaskTuneError
+from tasktune.findings import SEVERITIES, Finding, Location
 from tasktune.pii import scan as scan_pii
 from tasktune.render import ChatFormat
 
-SEVERITIES = ("error", "warning", "info")
 MAX_SCHEMA_ROWS = 20_000  # training answers kept for the schema and copy-field findings (they settle long before)
 BATCH_ROWS = 512  # rows tokenized and MinHashed together; bounds the texts held at once
-
-
-@dataclass(frozen=True)
-class Rule:
-    severity: str
-    title: str
-    remedy: str
-    drops: bool = False  # `--fix` drops the rows this finding locates
-
-
-FIX = "; `tasktune check --fix OUT` drops it"
-RULES: dict[str, Rule] = {
-    # format: rows that cannot be trained on at all
-    "unreadable-line": Rule("error", "lines that are not valid JSON", "repair or delete the line" + FIX, True),
-    "non-utf8": Rule("error", "bytes that are not UTF-8", "re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
-                     + FIX, True),
-    "wrong-type": Rule("error", "fields of the wrong type", "rows are JSON objects; input/output are strings (a JSON "
-                       "output may be an object); messages are lists of {role, content} strings" + FIX, True),
-    "missing-field": Rule("error", "rows without an input", 'give each row "input" and "output" (or "messages", or '
-                          '"prompt" and "completion")' + FIX, True),
-    "missing-answer": Rule("error", "rows without an answer", 'add the expected answer as "output" (or "completion")'
-                           + FIX, True),
-    "empty-field": Rule("error", "empty inputs or answers", "fill in the field or delete the row" + FIX, True),
-    "unknown-role": Rule("error", "messages with an unknown role", "use the roles system, user and assistant" + FIX,
-                         True),
-    "no-assistant-turn": Rule("error", "conversations without a final assistant turn", "end each conversation with "
-                              "the assistant message the model should learn" + FIX, True),
-    "no-user-turn": Rule("error", "conversations without a user turn", "add the user message that the answer "
-                         "responds to" + FIX, True),
-    "empty-split": Rule("error", "a split without a usable row", "add rows, one JSON object per line"),
-    # labels
-    "invalid-json-answer": Rule("error", "answers that are not valid JSON (the task's output.kind is json)",
-                                "fix the answer's JSON (or set output.kind: text)" + FIX, True),
-    "schema-violation": Rule("error", "answers that break the task's JSON schema", "correct the field named by the "
-                             "JSON path, or widen the schema if the value is right" + FIX, True),
-    "conflicting-answers": Rule("warning", "the same input with different answers", "decide which answer is right and "
-                                "correct the others: contradictory labels teach noise; --fix drops every row of a "
-                                "conflicting input", True),
-    "skewed-labels": Rule("warning", "a categorical field dominated by one value", "add rows with the rare values (or "
-                          "down-sample the common one): a model that always answers the majority value scores well "
-                          "on this data and learns little else"),
-    "label-distribution": Rule("info", "distribution of categorical answer fields", "compare with the distribution "
-                               "you expect in production"),
-    "inferred-schema": Rule("info", "the JSON Schema the training answers follow (the task has none)", "answers are "
-                            "decoded under it; `--fix OUT` writes it as OUT/schema.json for you to edit, and OUT/"
-                            "task.yaml points at it"),
-    "copy-fields": Rule("info", "string fields whose values are copied from the input", "set output.copy_fields to "
-                        "these paths in the task file: decoding then writes only spans of the request's input there, "
-                        "so a misspelt or invented value cannot come out"),
-    # duplicates and leakage
-    "duplicate-exact": Rule("warning", "rows that repeat an earlier row", "delete the repeats: each copy adds weight "
-                            "to one case; --fix keeps the first", True),
-    "duplicate-near": Rule("warning", "rows nearly identical to an earlier row", "delete or vary them; --fix keeps "
-                           "the first", True),
-    "leak-exact": Rule("error", "held-out rows whose input is also in train", "remove those rows from train (the "
-                       "held-out split stays as it is): a model scored on inputs it trained on looks better than it "
-                       "is; --fix drops the train copies"),
-    "leak-near": Rule("warning", "held-out rows nearly identical to a train row", "remove the near copies from train; "
-                      "--fix drops them"),
-    # lengths
-    "too-long": Rule("warning", "rows longer than max_length", "tasktune train skips these rows (cutting one would cut "
-                     "its answer and its EOS); raise --max-length or shorten the inputs"),
-    "lengths": Rule("info", "token lengths (model's tokenizer)", "choose --max-length above the longest row you "
-                    "want to keep"),
-    # template safety
-    "control-token": Rule("error", "chat-template control tokens inside content", "remove or escape the token text "
-                          "(e.g. write `< |im_start| >`): inside content it is read as a real control token and "
-                          "breaks the turn structure" + FIX, True),
-    "special-token": Rule("warning", "the tokenizer's special tokens inside content", "remove the token text unless "
-                          "the model should see that special token there"),
-    "early-eos": Rule("error", "answers containing the stop token before their end", "remove the stop-token text "
-                      "from the answer: the model learns to stop there and every later token is lost" + FIX, True),
-    "template-mismatch": Rule("error", "rows the chat template renders differently from the training encoding",
-                              "keep answers free of what the template rewrites (e.g. leading/trailing whitespace it "
-                              "trims), or use single-turn rows" + FIX, True),
-    "eos-mismatch": Rule("warning", "answers end with a token that is not the model's EOS", "tasktune stops on both; "
-                         "other runtimes stop only at EOS: set the EOS (generation_config.eos_token_id) to the "
-                         "end-of-turn token when you export"),
-    # size
-    "too-few-rows": Rule("warning", "too few training rows for the method", "add rows (or use --method lora)"),
-    "eval-too-small": Rule("warning", "held-out split too small to measure the difference you need", "add held-out "
-                           "rows (the arithmetic is in the message)"),
-    "eval-size": Rule("info", "what the held-out split can measure", "-"),
-    # privacy (regex scans; see pii.py)
-    "pii-email": Rule("warning", "e-mail addresses", "remove or pseudonymise them (a model can repeat training text)"),
-    "pii-phone": Rule("warning", "phone numbers", "remove or pseudonymise them (a model can repeat training text)"),
-    "pii-api-key": Rule("warning", "API keys or secrets", "remove them and revoke the keys: anything in training "
-                        "data can come back out of the model"),
-    "pii-card": Rule("warning", "payment card numbers (Luhn-valid)", "remove them: card numbers must not be stored "
-                     "in training data (PCI DSS)"),
-}  # fmt: skip
-
-# Rows a method needs before a fine-tune is more than noise. LoRA: OpenAI's fine-tuning guide sees clear gains from
-# 50-100 examples. Full: every weight moves, so a few hundred rows are memorised and general ability is lost.
-MIN_ROWS = {"lora": 50, "full": 500}
 
 
 @dataclass
@@ -167,67 +50,6 @@ class CheckConfig:
                    instruction=task.instruction if task.train_with_instruction else None)  # fmt: skip
 
 
-@dataclass
-class Location:
-    file: str
-    line: int
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}" + (f": {self.detail}" if self.detail else "")
-
-
-@dataclass
-class Finding:
-    code: str
-    severity: str
-    message: str
-    remedy: str
-    split: str | None = None
-    count: int = 0
-    locations: list[Location] = field(default_factory=list)
-    evidence: dict = field(default_factory=dict)
-
-
-@dataclass
-class CheckReport:
-    """Every finding, and per split its row counts and token-length figures. `drops` drives `write_fixed`."""
-
-    model: str
-    max_length: int
-    method: str
-    answer_kind: str
-    splits: dict[str, dict]
-    findings: list[Finding]
-    seconds: float = 0.0
-    drops: dict[str, dict[int, tuple[str, str]]] = field(default_factory=dict, repr=False)
-    inferred_schema: dict | None = None  # JSON tasks without a schema: what the training answers follow
-
-    def count(self, severity: str) -> int:
-        return sum(f.severity == severity for f in self.findings)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
-
-    def codes(self, severity: str | None = None) -> set[str]:
-        return {f.code for f in self.findings if severity is None or f.severity == severity}
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("drops")
-        d["summary"] = {s: self.count(s) for s in SEVERITIES}
-        d["rows_to_drop"] = {s: len(lines) for s, lines in self.drops.items()}
-        return d
-
-    def format(self, *, details: int = 3) -> str:
-        return format_report(self, details=details)
-
-
 # --- the scan -----------------------------------------------------------------------------------------------------
 class _Findings:
     def __init__(self, cfg: CheckConfig):
@@ -239,7 +61,7 @@ class _Findings:
         key = (code, split)
         if key not in self.items:
             rule = RULES[code]
-            self.items[key] = Finding(code, rule.severity, message or rule.title, rule.remedy, split)
+            self.items[key] = Finding(code, rule.severity, message or rule.title, rule.remedy, split=split)
         return self.items[key]
 
     def row(self, code: str, split: str, file: str, line: int, detail: str = "") -> None:
@@ -899,154 +721,3 @@ def check_for_training(task: TaskConfig, cfg: TrainConfig, *, force: bool = Fals
         for f in report.warnings:
             print(f"tasktune check: warning {f.code}: {f.message}")
     return report
-
-
-# --- output -------------------------------------------------------------------------------------------------------
-def format_report(report: CheckReport, *, details: int = 3) -> str:
-    """A table of findings by severity, then each error and warning with its first locations and its remedy."""
-    rows = ", ".join(f"{name} {s['rows']:,}" for name, s in report.splits.items())
-    lines = [f"tasktune check: {rows} rows; tokenizer {report.model}; max_length {report.max_length}; "
-             f"method {report.method}; answers read as {report.answer_kind} ({report.seconds:.1f}s)", ""]  # fmt: skip
-    if report.findings:
-        width = max(len(f.code) for f in report.findings)
-        lines.append(f"  {'severity':<8}  {'finding':<{width}}  {'rows':>7}  first at")
-        for f in report.findings:
-            where = f"{Path(f.locations[0].file).name}:{f.locations[0].line}" if f.locations else (f.split or "-")
-            count = f"{f.count:,}" if f.count else "-"
-            lines.append(f"  {f.severity:<8}  {f.code:<{width}}  {count:>7}  {where}")
-    for f in report.findings:
-        if f.severity == "info":
-            continue
-        lines += ["", f"{f.severity} {f.code}: {f.message}"]
-        lines += [f"  {loc}" for loc in f.locations[:details]]
-        if f.count > min(len(f.locations), details) and f.locations:
-            lines.append(f"  ... {f.count - min(len(f.locations), details):,} more")
-        lines.append(f"  fix: {f.remedy}")
-    info = [f for f in report.findings if f.severity == "info"]
-    if info:
-        lines += ["", "info:"] + [f"  {f.code}: {f.message}" for f in info]
-    n_err, n_warn = report.count("error"), report.count("warning")
-    verdict = ("tasktune train will refuse this data (--force overrides)" if n_err else
-               "ready to train" + (" (read the warnings)" if n_warn else ""))  # fmt: skip
-    lines += ["", f"{n_err} error(s), {n_warn} warning(s), {report.count('info')} info: {verdict}"]
-    return "\n".join(lines)
-
-
-def preview_rows(path: str | Path, tokenizer, n: int, *, instruction: str | None = None,
-                 system_prompt: str | None = None, color: bool = False) -> str:  # fmt: skip
-    """The first `n` rows as the model sees them in training, supervised tokens highlighted (green on a terminal,
-    [[...]] otherwise)."""
-    fmt = ChatFormat(tokenizer, system_prompt)
-    on, off = ("\x1b[1;32m", "\x1b[0m") if color else ("[[", "]]")
-    out = []
-    for line, item in iter_rows(path):
-        if len(out) >= n:
-            break
-        if isinstance(item, RowError):
-            continue
-        try:
-            enc = fmt.encode_example(fmt.with_instruction(item.messages, instruction))
-        except TaskTuneError:
-            continue
-        text, start = [], 0
-        flags = [lab != -100 for lab in enc.labels]
-        for j in range(1, len(flags) + 1):
-            if j == len(flags) or flags[j] != flags[start]:
-                piece = tokenizer.decode(enc.input_ids[start:j], skip_special_tokens=False)
-                text.append(f"{on}{piece}{off}" if flags[start] else piece)
-                start = j
-        head = f"--- {path}:{line}: {enc.n_supervised} of {len(enc.input_ids)} tokens supervised"
-        out.append(head + "\n" + "".join(text))
-    return "\n\n".join(out) if out else "(no row could be rendered)"
-
-
-def write_fixed(report: CheckReport, splits: dict[str, str | Path], out: str | Path,
-                task: TaskConfig | None = None) -> dict[str, int]:  # fmt: skip
-    """Cleaned copies of the split files in `out` (rows with dropping findings removed), and `dropped.jsonl`, one
-    line per dropped row with its file, line and reason; with a task, a task.yaml that points at the copies. Input
-    files are never modified. Returns the rows kept per split.
-    """
-    from tasktune.fsio import atomic_open, atomic_write_text, ensure_writable_dir
-
-    out = check_fix_target(splits, out)
-    ensure_writable_dir(out, what="--fix folder")
-    kept: dict[str, int] = {}
-    with atomic_open(out / "dropped.jsonl") as log:
-        for name, p in splits.items():
-            p, drops = Path(p), report.drops.get(name, {})
-            kept[name] = 0
-
-            def dropped(line: int, text: str, name=name, p=p, drops=drops) -> None:
-                code, reason = drops[line]
-                row = {"split": name, "file": str(p), "line": line, "code": code, "reason": reason, "row": text}
-                log.write(json.dumps(row) + "\n")  # ensure_ascii: undecodable bytes show as \udcXX escapes
-
-            with open_rows(p) as src, atomic_open(out / p.name) as dst:
-                if p.suffix.lower() == ".csv":
-                    reader = csv.DictReader(src)
-                    writer = csv.DictWriter(dst, fieldnames=reader.fieldnames or [], lineterminator="\n")
-                    writer.writeheader()
-                    for row in reader:
-                        if reader.line_num in drops:
-                            dropped(reader.line_num, json.dumps(row))
-                        else:
-                            writer.writerow(row)
-                            kept[name] += 1
-                    continue
-                for lineno, line in enumerate(src, start=1):
-                    if not line.strip():
-                        continue
-                    if lineno in drops:
-                        dropped(lineno, line.rstrip("\r\n"))
-                    else:
-                        dst.write(line if line.endswith("\n") else line + "\n")
-                        kept[name] += 1
-    if task is not None:
-        schema = None
-        if report.inferred_schema is not None and task.json_schema() is None:
-            atomic_write_text(out / "schema.json", json.dumps(report.inferred_schema, indent=2, ensure_ascii=False)
-                              + "\n")  # fmt: skip
-            schema = "schema.json"
-        _write_fixed_task(task, {n: Path(p) for n, p in splits.items()}, out, schema=schema)
-    return kept
-
-
-def check_fix_target(splits: dict[str, str | Path], out: str | Path) -> Path:
-    """`out` as a folder for cleaned copies: not the folder of an input, no two inputs with the same file name."""
-    out = Path(out)
-    resolved = out.resolve()
-    names = [Path(p).name for p in splits.values()]
-    for p in map(Path, splits.values()):
-        if resolved in (p.resolve().parent, p.resolve()):
-            raise TaskTuneError(f"--fix {out} is the folder of the input {p}", "choose a new folder for the copies")
-    if len(set(names)) != len(names) or {"dropped.jsonl", "task.yaml"} & set(names):
-        raise TaskTuneError(f"the input file names {names} would collide in {out}", "rename the inputs")
-    if out.exists() and not out.is_dir():
-        raise TaskTuneError(f"--fix {out} exists and is a file", "pass a folder path")
-    return out
-
-
-def _write_fixed_task(task: TaskConfig, splits: dict[str, Path], out: str | Path, schema: str | None = None) -> Path:
-    """A task.yaml in `out` that points at the cleaned copies (schema path made absolute, or `schema` in `out`)."""
-    import yaml
-
-    from tasktune.fsio import atomic_write_text
-
-    data = task.to_yaml_dict()
-    data["data"] = {name: (Path(splits[name]).name if name in splits else None) for name in ("train", "eval", "test")}
-    if isinstance(task.output.schema_, str):
-        data["output"]["schema"] = str((task.base_dir / task.output.schema_).resolve())
-    if schema is not None:
-        data["output"]["schema"] = schema
-
-    class Dumper(yaml.SafeDumper):  # multi-line strings (the instruction) as readable `|` blocks
-        pass
-
-    def text(dumper, value: str):
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
-
-    Dumper.add_representer(str, text)
-    path = Path(out) / "task.yaml"
-    atomic_write_text(path, "# written by `tasktune check --fix`: the task on the cleaned data\n"
-                      + yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True))  # fmt: skip
-    return path

@@ -1,0 +1,36 @@
+"""One finding type for the data check (`tasktune check`) and the run doctor (`tasktune diagnose`).
+
+A finding names what was seen (a stable `code` such as "duplicate-rows" or "loss-diverged"), how bad it is, the
+numbers behind it and the change that fixes it; the data check also says where (split, rows, file:line), the run
+doctor which data-check codes explain it and which root cause it follows from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass
+class Location:
+    file: str
+    line: int
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" + (f": {self.detail}" if self.detail else "")
+
+
+@dataclass
+class Finding:
+    code: str  # stable name, e.g. "duplicate-rows", "loss-diverged"
+    severity: str  # error | warning | info
+    message: str  # what was seen, with its numbers
+    remedy: str  # which setting or row to change, to what, and why
+    evidence: dict = field(default_factory=dict)  # the numbers behind the message
+    split: str | None = None  # data check: the split it was found in
+    count: int = 0  # data check: rows affected
+    locations: list[Location] = field(default_factory=list)  # data check: where, as file:line
+    linked: list[str] = field(default_factory=list)  # run doctor: data-check codes that explain it
+    cause: str | None = None  # run doctor: code of the root-cause finding this one follows from
