@@ -76,7 +76,7 @@ def test_healthy_run_has_no_error_finding(healthy):
     assert healthy.heldout["invalid_json"] == 0
     # the tiny task's answers repeat (8 distinct), so copying them is what the references do too: no memorisation
     assert healthy.memorisation["reference_copy_rate"] == 1.0
-    assert "memorisation" not in healthy.ids()
+    assert "memorisation" not in healthy.codes()
     member = healthy.memorisation["membership"]  # training rows are no likelier to the model than unseen ones
     assert member["n_train"] == member["n_unseen"] == 8
     assert member["auc"] < 0.9 and member["loss_ratio"] < 5, member
@@ -99,7 +99,7 @@ def test_learning_rate_far_too_high_diverges(tiny_model, tmp_path):
         **(HEALTHY | {"learning_rate": 1.0, "max_steps": 30}),
     )
     d = diagnose(run, FAST)
-    assert d.ids("error") == {"loss-diverged"}
+    assert d.codes("error") == {"loss-diverged"}
     f = d.get("loss-diverged")
     assert f.evidence["peak_loss"] > 1.5 * f.evidence["start_loss"]
     assert "--learning-rate 0.1 " in f.remedy
@@ -161,7 +161,7 @@ def test_many_epochs_on_a_dozen_rows_overfit_and_memorise(tiny_model, tmp_path):
         eval_every=10,
     )  # 100 epochs of 12 rows
     d = diagnose(run, FAST)
-    assert d.ids("error") == {"overfitting", "memorisation"}
+    assert d.codes("error") == {"overfitting", "memorisation"}
     over = d.get("overfitting").evidence
     assert over["best_eval_step"] < 100 and over["final_eval_loss"] > 1.2 * over["best_eval_loss"]
     assert over["checkpoint_at_best"] is None
@@ -171,7 +171,7 @@ def test_many_epochs_on_a_dozen_rows_overfit_and_memorise(tiny_model, tmp_path):
     assert mem["output_copy_rate"] >= 0.5 and mem["wrong_copies"] >= 4
     assert mem["membership"]["auc"] >= 0.97 and mem["membership"]["loss_ratio"] >= 20, mem["membership"]
     assert "knows its training rows by heart" in d.get("memorisation").message
-    assert "generalisation-gap" in d.ids("warning")
+    assert "generalisation-gap" in d.codes("warning")
 
 
 def test_eos_masked_in_labels_never_stops(tiny_model, tmp_path, monkeypatch, healthy):
@@ -188,12 +188,12 @@ def test_eos_masked_in_labels_never_stops(tiny_model, tmp_path, monkeypatch, hea
     monkeypatch.setattr(ChatFormat, "encode_example", without_eos)
     run = _train(_json_task(tmp_path / "data"), tiny_model, tmp_path / "run", **HEALTHY)
     d = diagnose(run, FAST)
-    assert d.ids("error") == {"no-stop"}
+    assert d.codes("error") == {"no-stop"}
     f = d.get("no-stop")
     assert f.evidence["rate"] == 1.0 and "<|im_end|>" in f.message
     assert f.evidence["complete_answer_then_more"] >= 2  # some write a whole JSON value, then go on
     assert "must be supervised" in f.remedy
-    assert "no-stop" not in healthy.ids()  # the only difference to the healthy run is the mask
+    assert "no-stop" not in healthy.codes()  # the only difference to the healthy run is the mask
 
 
 def test_diagnose_on_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -406,5 +406,5 @@ def test_a_run_whose_data_moved_is_still_diagnosed(healthy_run, tmp_path):
     config["data"] = {k: str(tmp_path / "gone" / f"{k}.jsonl") for k in ("train", "eval", "test")}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     d = diagnose(run, FAST)
-    assert d.ids() == {"no-heldout"}
+    assert d.codes() == {"no-heldout"}
     assert d.curves["steps"] == HEALTHY["max_steps"]  # the loss curves are still read

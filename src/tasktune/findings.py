@@ -7,7 +7,7 @@ doctor which data-check codes explain it and which root cause it follows from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -29,6 +29,7 @@ class Finding:
     message: str  # what was seen, with its numbers
     remedy: str  # which setting or row to change, to what, and why
     evidence: dict = field(default_factory=dict)  # the numbers behind the message
+    _: KW_ONLY  # what only one of the two reports fills in is named at the call
     split: str | None = None  # data check: the split it was found in
     count: int = 0  # data check: rows affected
     locations: list[Location] = field(default_factory=list)  # data check: where, as file:line

@@ -87,7 +87,7 @@ def stopping_findings(outputs: list[str], stopped: list[bool], refs: list[str | 
             remedy + _data_note(links, data_codes),
             {"n": n, "hit_max_new_tokens": len(hits), "rate": figures["hit_rate"], "max_new_tokens": cap,
              "complete_answer_then_more": complete, "references_longer_than_cap": len(long_refs)},
-            links,
+            linked=links,
         ))  # fmt: skip
     # answers that stopped, but only after more text: the cap is not the problem, the answer's end is
     past_stopped = [i for i in past if stopped[i]]
@@ -101,7 +101,7 @@ def stopping_findings(outputs: list[str], stopped: list[bool], refs: list[str | 
             "the training answers should end exactly where the answer ends: look for text after the answer in the"
             " training rows (trailing notes, a second answer); then retrain. Until then, read answers with"
             " tasktune.metrics.extract_json rather than strictly" + _data_note(links, data_codes),
-            {"n": n, "continued": len(past_stopped), "rate": len(past_stopped) / n}, links,
+            {"n": n, "continued": len(past_stopped), "rate": len(past_stopped) / n}, linked=links,
         ))  # fmt: skip
     return findings, figures
 
@@ -144,7 +144,8 @@ def json_validity_findings(outputs: list[str], stopped: list[bool], schema_error
         f"{invalid} of {len(done)} finished held-out answers are not valid JSON and {off_schema} more break the"
         f" schema ({rate:.0%})",
         remedy + _data_note(links, data_codes),
-        {"answers": len(done), "invalid_json": invalid, "schema_invalid": off_schema, "rate": rate}, links,
+        {"answers": len(done), "invalid_json": invalid, "schema_invalid": off_schema, "rate": rate},
+        linked=links,
     )], figures  # fmt: skip
 
 
@@ -207,7 +208,7 @@ def memorisation_findings(outputs: list[str], refs: list[str], out_m: list[Match
         "the model recalls training rows instead of learning the task: train fewer steps (see overfitting),"
         " add more varied rows, remove repeated rows (`tasktune check --fix`), or lower the capacity (--lora-r 8)"
         + _data_note(links, data_codes),
-        figures | {"wrong_copies": len(wrong)}, links,
+        figures | {"wrong_copies": len(wrong)}, linked=links,
     )], figures  # fmt: skip
 
 
