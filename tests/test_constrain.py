@@ -235,3 +235,36 @@ def test_a_run_keeps_the_schema_it_decodes_under_and_eval_reports_both_ways(task
     assert on.constrained and not off.constrained
     assert on.metrics["valid_json_rate"] == 1.0  # 4 steps on a tiny model: only the constraint makes it JSON
     assert off.metrics["valid_json_rate"] < 1.0
+
+
+def test_a_label_task_answers_with_its_labels_only(tmp_path, tiny_model):
+    from tasktune.config import TrainConfig, load_task
+    from tasktune.constrain import task_labels
+    from tasktune.data import read_examples
+    from tasktune.evaluate import evaluate
+    from tasktune.predict import Predictor
+    from tasktune.rundir import RunInfo
+    from tasktune.train import train
+    from tests.tiny import write_jsonl
+
+    labels = ["billing", "bug report", "feature request", 'say "thanks"']
+    rows = [{"input": f"message {i}: {INPUTS[i % len(INPUTS)]}", "output": labels[i % 4]} for i in range(52)]
+    write_jsonl(tmp_path / "train.jsonl", rows[:40])
+    write_jsonl(tmp_path / "test.jsonl", rows[40:])
+    (tmp_path / "task.yaml").write_text("name: labels\noutput: {kind: text}\ndata: {train: train.jsonl, test: "
+                                        "test.jsonl}\n")  # fmt: skip
+    task = load_task(tmp_path / "task.yaml")
+    assert task_labels(task) == sorted(labels)
+    prose = [{"input": f"q{i}", "output": f"a long free answer number {i}"} for i in range(40)]
+    write_jsonl(tmp_path / "prose.jsonl", prose)
+    assert task_labels(load_task(tmp_path / "task.yaml"), read_examples(tmp_path / "prose.jsonl")) is None
+    cfg = TrainConfig(model=str(tiny_model), method="lora", max_steps=2, batch_size=8, precision="fp32",
+                      recipe="off", validate_every=0)  # fmt: skip
+    train(task, cfg, tmp_path / "run")
+    assert RunInfo.load(tmp_path / "run").labels == sorted(labels)
+    test = read_examples(tmp_path / "test.jsonl")
+    on = evaluate(Predictor.from_run(tmp_path / "run"), test, task, name="on", mode="bare_input")
+    assert on.constrained == "label-constrained"
+    assert all(p["output"] in labels for p in on.predictions), [p["output"] for p in on.predictions]
+    off = Predictor.from_run(tmp_path / "run", constrain=False).predict(test)
+    assert any(p.output not in labels for p in off)  # the planted defect: 2 steps on a tiny model do not learn them

@@ -181,8 +181,10 @@ class Constraint:
     differ per request, so those grammars are built per request (a few ms each)."""
 
     def __init__(self, tokenizer, stop_ids: list[int], vocab_size: int, schema: dict | None = None, *,
-                 copy_fields: list[str] = (), max_span: int = COPY_MAX_SPAN, where: str = "output.schema"):  # fmt: skip
+                 copy_fields: list[str] = (), max_span: int = COPY_MAX_SPAN, where: str = "output.schema",
+                 labels: list[str] | None = None):  # fmt: skip
         self.schema = schema if schema else {}
+        self.labels = list(labels) if labels else None  # a label task's answers: exactly one of these, no JSON
         self.copy_fields = list(copy_fields)
         self.max_span = max_span
         self.where = where
@@ -191,7 +193,7 @@ class Constraint:
         # The tokenizer wrapper costs ~1 s to build; one per Constraint, shared by all its requests.
         self.tok = _ll_tokenizer(tokenizer, self.stop_ids, vocab_size)
         self.vocab_size = vocab_size
-        self.grammar = self.compile(self.schema)
+        self.grammar = self.compile_labels(self.labels) if self.labels else self.compile(self.schema)
 
     def compile(self, schema: dict, where: str | None = None) -> str:
         """The llguidance grammar for `schema`; a schema it cannot compile is a ConfigError that names it."""
@@ -212,6 +214,16 @@ class Constraint:
             )
         return grammar
 
+    def compile_labels(self, labels: list[str]) -> str:
+        """A grammar whose only sentences are the labels, verbatim."""
+        import llguidance
+
+        grammar = llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(x) for x in labels))
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.tok)
+        if is_error:
+            raise ConfigError(f"the task's labels cannot be decoded as a choice: {messages[0]}", "use --no-constrain")
+        return grammar
+
     @cached_property
     def _template(self):
         import llguidance
@@ -221,7 +233,7 @@ class Constraint:
     def matcher(self, input_text: str = ""):
         import llguidance
 
-        if not self.copy_fields:
+        if not self.copy_fields or self.labels:
             return self._template.deep_copy()  # one compiled grammar for every request
         schema = copy.deepcopy(self.schema)
         spans = input_spans(input_text, self.max_span)
@@ -240,7 +252,7 @@ class Constraint:
                                  closer=self.closer if budgets is not None else None)  # fmt: skip
 
     def to_json(self) -> dict:
-        return {"schema": self.schema, "copy_fields": self.copy_fields}
+        return {"schema": self.schema, "copy_fields": self.copy_fields, "labels": self.labels}
 
 
 def string_state(state: tuple[bool, bool], text: str) -> tuple[bool, bool]:
@@ -421,3 +433,25 @@ def task_schema(task, examples: list | None = None) -> tuple[dict | None, str]:
         except (json.JSONDecodeError, TypeError):
             continue  # `tasktune check` reports these rows; they say nothing about the schema
     return infer_schema(values), f"inferred from {len(values)} training answers"
+
+
+MAX_LABELS = 200  # task_metrics.is_label_task's bound on the distinct answers of a label task
+
+
+def task_labels(task, examples: list | None = None) -> list[str] | None:
+    """A text task whose training answers are a closed set of short labels (task_metrics.is_label_task, at least 20
+    answers): the labels, sorted, which its answers are then decoded under, so that a tuned model answers with a
+    label it was taught and never a near miss. None for JSON tasks and free text."""
+    from tasktune.task_metrics import is_label_task
+
+    if task.output.kind != "text":
+        return None
+    if examples is None:
+        from tasktune.data import read_examples
+
+        path = task.data_path("train")
+        examples = read_examples(path) if path is not None and path.is_file() else []
+    answers = [ex.answer for ex in examples]
+    if len(answers) < 20 or not is_label_task(answers):
+        return None
+    return sorted(set(answers))[:MAX_LABELS]

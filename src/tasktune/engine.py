@@ -53,18 +53,21 @@ class Served:
     run: str | None = None
     schema: dict | None = None  # a JSON run's schema: chat requests are decoded under it unless they ask otherwise
     copy_fields: list[str] = field(default_factory=list)
+    labels: list[str] | None = None  # a label run's answers: one of these, unless a request asks otherwise
     _constraints: dict = field(default_factory=dict, repr=False)  # compiled schemas, by their JSON text
 
-    def constraint(self, schema: dict | None, copy_fields: list[str] = (), where: str = "output.schema"):
-        """The compiled constraint for `schema` on this model (cached: clients send the same schema again)."""
+    def constraint(self, schema: dict | None, copy_fields: list[str] = (), where: str = "output.schema",
+                   labels: list[str] | None = None):  # fmt: skip
+        """The compiled constraint for `schema` (or `labels`) on this model (cached: clients send the same schema
+        again)."""
         from tasktune.constrain import Constraint, vocab_size
 
-        key = json.dumps([schema, list(copy_fields)], sort_keys=True)
+        key = json.dumps([schema, list(copy_fields), labels], sort_keys=True)
         if key not in self._constraints:
             if len(self._constraints) >= 64:  # a bounded cache: a client that sends a new schema each time
                 self._constraints.pop(next(iter(self._constraints)))
             self._constraints[key] = Constraint(self.fmt.tok, self.fmt.stop_ids, vocab_size(self.model), schema,
-                                                copy_fields=copy_fields, where=where)  # fmt: skip
+                                                copy_fields=copy_fields, where=where, labels=labels)  # fmt: skip
         return self._constraints[key]
 
     @property
@@ -385,6 +388,7 @@ def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callab
                 run=str(runs[name]),
                 schema=_run_schema(info),
                 copy_fields=info.copy_fields,
+                labels=info.labels,
             )
         cast_for_inference(shared, precision)
         shared.eval()
@@ -429,6 +433,7 @@ def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callab
             run=str(runs[name]),
             schema=_run_schema(info),
             copy_fields=info.copy_fields,
+            labels=info.labels,
         )
     for alias, name in aliases.items():
         if alias in served:

@@ -37,7 +37,7 @@ class EvalReport:
     worst: list[dict] = field(default_factory=list)
     predictions: list[dict] = field(default_factory=list)
     main: str | None = None  # the task's `metric`, when it names one of the metrics computed
-    constrained: bool = False  # JSON answers decoded under the schema (constrain.py)
+    constrained: str = ""  # how answers were constrained (constrain.py): "schema-constrained", "label-constrained"
 
     def to_dict(self, with_predictions: bool = False) -> dict:
         d = asdict(self)
@@ -63,6 +63,12 @@ def pick_shots(task: TaskConfig, k: int, seed: int = 0) -> list[Example]:
         raise TaskTuneError("--shots needs training rows to draw examples from", "set data.train in the task file")
     rows = read_examples(path)
     return random.Random(seed).sample(rows, min(k, len(rows)))
+
+
+def _constrained(predictor: Predictor) -> str:
+    if predictor.constraint is None:
+        return ""
+    return "label-constrained" if predictor.constraint.labels else "schema-constrained"
 
 
 def evaluate(predictor: Predictor, examples: list[Example], task: TaskConfig, *, name: str, mode: str,
@@ -98,7 +104,7 @@ def evaluate(predictor: Predictor, examples: list[Example], task: TaskConfig, *,
         worst=worst,
         predictions=[_pred_row(ex, p) for ex, p in zip(examples, preds, strict=True)],
         main=_main_metric(task, metrics, refs),
-        constrained=predictor.constraint is not None,
+        constrained=_constrained(predictor),
     )
 
 
@@ -142,7 +148,7 @@ def format_table(reports: list[EvalReport]) -> str:
         ("n", [str(r.n) for r in reports]),
     ]
     if any(r.constrained for r in reports) or "valid_json_rate" in reports[0].metrics:
-        rows.append(("decoding", ["schema-constrained" if r.constrained else "free" for r in reports]))
+        rows.append(("decoding", [r.constrained or "free" for r in reports]))
     width = max(len(r[0]) for r in rows) + 2
     cols = [max(len(r.name), *(len(v[i]) for _, v in rows)) + 2 for i, r in enumerate(reports)]
     lines = [" " * width + "".join(r.name.rjust(c) for r, c in zip(reports, cols, strict=True))]

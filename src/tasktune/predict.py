@@ -61,9 +61,11 @@ class Predictor:
         schema: dict | None = None,
         copy_fields: list[str] = (),
         constrain: bool = True,
+        labels: list[str] | None = None,
     ):
         """`constrain`: decode JSON answers under `schema` (any JSON when it is None), with `copy_fields` filled from
-        the input (constrain.py); it has no effect on text tasks."""
+        the input, and a label task's answers as one of its `labels` (constrain.py); free text is never
+        constrained."""
         cast_for_inference(model, precision)
         self.model = model
         self.fmt = ChatFormat(tokenizer)
@@ -73,14 +75,22 @@ class Predictor:
         self.name = name
         self.schema = schema
         self.copy_fields = list(copy_fields)
-        self.constrain = constrain and output_kind == "json"
+        self.labels = list(labels) if labels else None
+        self.constrain = constrain and (output_kind == "json" or self.labels is not None)
 
     @cached_property
     def constraint(self) -> Constraint | None:
         if not self.constrain:
             return None
         vocab = vocab_size(self.model)
-        return Constraint(self.fmt.tok, self.fmt.stop_ids, vocab, self.schema, copy_fields=self.copy_fields)
+        return Constraint(
+            self.fmt.tok,
+            self.fmt.stop_ids,
+            vocab,
+            self.schema,
+            copy_fields=self.copy_fields,
+            labels=self.labels if self.output_kind == "text" else None,
+        )
 
     @classmethod
     def from_run(
@@ -129,6 +139,7 @@ class Predictor:
             schema=info.schema,
             copy_fields=info.copy_fields,
             constrain=constrain,
+            labels=info.labels,
         )
 
     @classmethod

@@ -41,6 +41,7 @@ class RunInfo:
     schema: dict | None = None  # JSON tasks: the schema answers are decoded under (the task's, or inferred)
     schema_source: str = ""  # "task" or "inferred from N training answers"
     copy_fields: list[str] = field(default_factory=list)
+    labels: list[str] | None = None  # label tasks: the closed set of answers they are decoded under
     created: float = field(default_factory=time.time)
     format: int = RUN_FORMAT
 

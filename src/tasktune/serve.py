@@ -210,8 +210,11 @@ def create_app(engine: Engine, served: dict[str, Served], config: ServeConfig):
 
     def constraint_for(s: Served, fmt: ResponseFormat | None):
         """OpenAI's response_format: json_schema decodes under the client's schema, json_object under any JSON
-        object, text freely; without one, a JSON run's requests are decoded under the run's own schema."""
+        object, text freely; without one, a JSON run's requests are decoded under the run's own schema and a label
+        run's as one of its labels."""
         if fmt is None:
+            if s.labels:
+                return s.constraint(None, labels=s.labels)
             return None if s.schema is None else s.constraint(s.schema, s.copy_fields)
         if fmt.type == "text":
             return None

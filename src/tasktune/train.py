@@ -30,7 +30,7 @@ from tasktune.checkpoint import (
     unsupported_reason,
 )
 from tasktune.config import TaskConfig, TrainConfig
-from tasktune.constrain import task_schema
+from tasktune.constrain import task_labels, task_schema
 from tasktune.data import read_examples
 from tasktune.distributed import check_engine, quiet_unless_main
 from tasktune.durations import budget_seconds
@@ -559,6 +559,7 @@ def train(
         with atomic_dir(out / strategy.weights_dir) as tmp:
             save_trained(accelerator.unwrap_model(model), tok, tmp, state_dict=weights)
         schema, schema_source = task_schema(task, rows)
+        labels = task_labels(task, rows)
         RunInfo(
             method=cfg.method,
             base_model=cfg.model,
@@ -573,6 +574,7 @@ def train(
             schema=schema,
             schema_source=schema_source,
             copy_fields=task.output.copy_fields,
+            labels=labels,
         ).save(out)
     if best is not None:
         best.discard()
