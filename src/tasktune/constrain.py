@@ -248,8 +248,9 @@ class Constraint:
     def processor(self, inputs: list[str], budgets: list[int | None] | None = None) -> ConstrainedLogits:
         """The logits processor for one batch: a grammar state per request; `budgets`, each request's answer cap,
         lets an answer that runs on finish as valid JSON before its cap instead of being cut."""
+        closing = budgets is not None and not self.labels  # a label ends within the cap by construction
         return ConstrainedLogits([self.matcher(t) for t in inputs], self.vocab_size, self.stop_ids, budgets=budgets,
-                                 closer=self.closer if budgets is not None else None)  # fmt: skip
+                                 closer=self.closer if closing else None)  # fmt: skip
 
     def to_json(self) -> dict:
         return {"schema": self.schema, "copy_fields": self.copy_fields, "labels": self.labels}

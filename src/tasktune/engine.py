@@ -295,9 +295,11 @@ class Engine:
 
             matchers = [None if r.constraint is None else r.constraint.matcher(r.input_text) for r in batch]
             closer = next(r.constraint for r in batch if r.constraint is not None).closer
-            # before the sampler: a sampled row draws among the tokens its grammar allows, and ends before its cap
-            processors.insert(0, ConstrainedLogits(matchers, vocab_size(model), fmt.stop_ids,
-                                                   budgets=[r.max_tokens for r in batch], closer=closer))  # fmt: skip
+            # a JSON answer is finished before its cap; a label ends within it by construction
+            budgets = [r.max_tokens if r.constraint is not None and not r.constraint.labels else None for r in batch]
+            # before the sampler: a sampled row draws among the tokens its grammar allows
+            processors.insert(0, ConstrainedLogits(matchers, vocab_size(model), fmt.stop_ids, budgets=budgets,
+                                                   closer=closer))  # fmt: skip
         if served.adapter is not None:
             model.set_adapter(served.adapter)
         switch = model.disable_adapter() if served.use_base else contextlib.nullcontext()
