@@ -36,11 +36,11 @@ def _pairs(text: str) -> dict[str, float]:
     for item in filter(None, (x.strip() for x in text.split(","))):
         name, sep, value = item.partition("=")
         try:
+            if not sep:
+                raise ValueError(item)
             out[name.strip()] = float(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{item!r} is not NAME=NUMBER (e.g. prompt=3e-2,lora=2e-4)") from None
-        if not sep:
-            raise argparse.ArgumentTypeError(f"{item!r} is not NAME=NUMBER (e.g. prompt=3e-2,lora=2e-4)")
     return out
 
 

@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasktune.baselines import baseline
+from tasktune.baselines import answer_cap_for, baseline
 from tasktune.config import DEFAULT_LEARNING_RATES, StrictModel, TaskConfig, TrainConfig, load_task, merge_overrides
 from tasktune.constrain import task_schema
 from tasktune.data import read_examples
@@ -302,7 +302,6 @@ class CompareResult:
 
 def compare(task_file: str | Path, ccfg: CompareConfig, out: str | Path, train_overrides: dict | None = None):
     """Run (or resume) the comparison into `out` and write results.json, report.md and report.html there."""
-    from tasktune.batching import suggest_max_new_tokens_for_answers
 
     t0 = time.perf_counter()
     ccfg.check()
@@ -326,8 +325,7 @@ def compare(task_file: str | Path, ccfg: CompareConfig, out: str | Path, train_o
         raise ConfigError(f"{task_file}: the task has no training data (data.train)", "set data.train")
     base = merge_overrides(task.train.model_copy(update={"learning_rate": None}), overrides)
     out = ensure_writable_dir(out, what="compare folder")
-    answers = [ex.answer for ex in read_examples(task.data_path("train"))]
-    cap = suggest_max_new_tokens_for_answers(base.model, answers)
+    cap = answer_cap_for(task, base.model)
     specs, plan = plan_methods(task_file, task, ccfg, base, cap)
     if plan is not None:
         print(

@@ -245,12 +245,16 @@ class Constraint:
     def closer(self) -> Closer:
         return Closer(self.hf_tokenizer, self.vocab_size, self.stop_ids)
 
-    def processor(self, inputs: list[str], budgets: list[int | None] | None = None) -> ConstrainedLogits:
-        """The logits processor for one batch: a grammar state per request; `budgets`, each request's answer cap,
-        lets an answer that runs on finish as valid JSON before its cap instead of being cut."""
-        closing = budgets is not None and not self.labels  # a label ends within the cap by construction
+    def budget(self, cap: int) -> int | None:
+        """The answer cap the closer must finish within; None for labels, which end within it by construction."""
+        return None if self.labels else cap
+
+    def processor(self, inputs: list[str], cap: int | None = None) -> ConstrainedLogits:
+        """The logits processor for one batch: a grammar state per request; `cap`, the answer cap, lets an answer
+        that runs on finish as valid JSON before it instead of being cut."""
+        budgets = [self.budget(cap) if cap is not None else None] * len(inputs)
         return ConstrainedLogits([self.matcher(t) for t in inputs], self.vocab_size, self.stop_ids, budgets=budgets,
-                                 closer=self.closer if closing else None)  # fmt: skip
+                                 closer=self.closer if any(budgets) else None)  # fmt: skip
 
     def to_json(self) -> dict:
         return {"schema": self.schema, "copy_fields": self.copy_fields, "labels": self.labels}
@@ -355,7 +359,6 @@ class ConstrainedLogits:
         self.errors: list[str | None] = [None] * len(matchers)
         self.budgets = list(budgets) if budgets is not None and closer is not None else [None] * len(matchers)
         self.closer = closer
-        self.closed = [False] * len(matchers)  # rows that took the way out
         self.states = [(False, False)] * len(matchers)  # per row: inside a JSON string, after a backslash
         self.executor = llguidance.LLExecutor(num_threads=1)  # the model's forward pass already has the cores
         self.bitmask = torch.full((len(matchers), (vocab_size + 31) // 32), -1, dtype=torch.int32)
@@ -393,7 +396,6 @@ class ConstrainedLogits:
             elif self.budgets[row] is not None and self.budgets[row] - step <= self.CLOSE_HORIZON:
                 forced = self._way_out(m, self.states[row], self.budgets[row] - step, scores[row], allowed[row])
                 if forced is not None:
-                    self.closed[row] = True
                     allowed[row] = False
                     allowed[row, forced] = True
         return scores.masked_fill(~allowed.to(scores.device), float("-inf"))
@@ -422,13 +424,8 @@ def task_schema(task, examples: list | None = None) -> tuple[dict | None, str]:
     schema = task.json_schema()
     if schema is not None:
         return schema, "task"
-    if examples is None:
-        from tasktune.data import read_examples
-
-        path = task.data_path("train")
-        examples = read_examples(path) if path is not None and path.is_file() else []
     values = []
-    for ex in examples:
+    for ex in _training_examples(task) if examples is None else examples:
         try:
             values.append(json.loads(ex.answer))
         except (json.JSONDecodeError, TypeError):
@@ -436,7 +433,11 @@ def task_schema(task, examples: list | None = None) -> tuple[dict | None, str]:
     return infer_schema(values), f"inferred from {len(values)} training answers"
 
 
-MAX_LABELS = 200  # task_metrics.is_label_task's bound on the distinct answers of a label task
+def _training_examples(task) -> list:
+    from tasktune.data import read_examples
+
+    path = task.data_path("train")
+    return read_examples(path) if path is not None and path.is_file() else []
 
 
 def task_labels(task, examples: list | None = None) -> list[str] | None:
@@ -447,12 +448,7 @@ def task_labels(task, examples: list | None = None) -> list[str] | None:
 
     if task.output.kind != "text":
         return None
-    if examples is None:
-        from tasktune.data import read_examples
-
-        path = task.data_path("train")
-        examples = read_examples(path) if path is not None and path.is_file() else []
-    answers = [ex.answer for ex in examples]
-    if len(answers) < 20 or not is_label_task(answers):
+    answers = [ex.answer for ex in (_training_examples(task) if examples is None else examples)]
+    if len(answers) < 20 or not is_label_task(answers):  # is_label_task bounds them: at most 200 labels
         return None
-    return sorted(set(answers))[:MAX_LABELS]
+    return sorted(set(answers))

@@ -294,9 +294,8 @@ class Engine:
             from tasktune.constrain import ConstrainedLogits, vocab_size
 
             matchers = [None if r.constraint is None else r.constraint.matcher(r.input_text) for r in batch]
-            closer = next(r.constraint for r in batch if r.constraint is not None).closer
-            # a JSON answer is finished before its cap; a label ends within it by construction
-            budgets = [r.max_tokens if r.constraint is not None and not r.constraint.labels else None for r in batch]
+            budgets = [None if r.constraint is None else r.constraint.budget(r.max_tokens) for r in batch]
+            closer = next((r.constraint.closer for r, b in zip(batch, budgets, strict=True) if b is not None), None)
             # before the sampler: a sampled row draws among the tokens its grammar allows
             processors.insert(0, ConstrainedLogits(matchers, vocab_size(model), fmt.stop_ids, budgets=budgets,
                                                    closer=closer))  # fmt: skip

@@ -35,3 +35,26 @@ class Finding:
     locations: list[Location] = field(default_factory=list)  # data check: where, as file:line
     linked: list[str] = field(default_factory=list)  # run doctor: data-check codes that explain it
     cause: str | None = None  # run doctor: code of the root-cause finding this one follows from
+
+
+class FindingsQueries:
+    """What a report with `findings` (CheckReport, Diagnosis) answers about them."""
+
+    findings: list[Finding]
+
+    def count(self, severity: str) -> int:
+        return sum(f.severity == severity for f in self.findings)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    def codes(self, severity: str | None = None) -> set[str]:
+        return {f.code for f in self.findings if severity is None or f.severity == severity}
+
+    def summary(self) -> dict[str, int]:
+        return {s: self.count(s) for s in SEVERITIES}

@@ -69,7 +69,7 @@ def generate(
             from transformers import LogitsProcessorList
 
             rows = [inputs[i] if inputs else "" for i in idx]
-            extra["logits_processor"] = LogitsProcessorList([constraint.processor(rows, [max_new_tokens] * len(rows))])
+            extra["logits_processor"] = LogitsProcessorList([constraint.processor(rows, max_new_tokens)])
         out = new_tokens(model, ids.to(device), mask.to(device), **settings, **extra)
         latency = time.perf_counter() - t0
         for row, i in enumerate(idx):

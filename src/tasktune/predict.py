@@ -75,7 +75,7 @@ class Predictor:
         self.name = name
         self.schema = schema
         self.copy_fields = list(copy_fields)
-        self.labels = list(labels) if labels else None
+        self.labels = list(labels) if labels and output_kind == "text" else None
         self.constrain = constrain and (output_kind == "json" or self.labels is not None)
 
     @cached_property
@@ -89,7 +89,7 @@ class Predictor:
             vocab,
             self.schema,
             copy_fields=self.copy_fields,
-            labels=self.labels if self.output_kind == "text" else None,
+            labels=self.labels,
         )
 
     @classmethod

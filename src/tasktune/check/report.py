@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tasktune.findings import SEVERITIES, Finding
+from tasktune.findings import Finding, FindingsQueries
 
 
 @dataclass
-class CheckReport:
+class CheckReport(FindingsQueries):
     """Every finding, and per split its row counts and token-length figures. `drops` drives `write_fixed`."""
 
     model: str
@@ -22,24 +22,10 @@ class CheckReport:
     drops: dict[str, dict[int, tuple[str, str]]] = field(default_factory=dict, repr=False)
     inferred_schema: dict | None = None  # JSON tasks without a schema: what the training answers follow
 
-    def count(self, severity: str) -> int:
-        return sum(f.severity == severity for f in self.findings)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
-
-    def codes(self, severity: str | None = None) -> set[str]:
-        return {f.code for f in self.findings if severity is None or f.severity == severity}
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("drops")
-        d["summary"] = {s: self.count(s) for s in SEVERITIES}
+        d["summary"] = self.summary()
         d["rows_to_drop"] = {s: len(lines) for s, lines in self.drops.items()}
         return d
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from tasktune.findings import SEVERITIES, Finding
+from tasktune.findings import SEVERITIES, Finding, FindingsQueries
 
 # Findings about the optimisation itself: when one of these is an error, what the model then does (no stop, broken
 # JSON, copied answers, forgotten skills) follows from it, and is reported as its consequence rather than as a cause.
@@ -13,7 +13,7 @@ CONSEQUENCES = ("no-stop", "runs-past-answer", "invalid-output", "memorisation",
 
 
 @dataclass
-class Diagnosis:
+class Diagnosis(FindingsQueries):
     run: str
     task: str
     method: str
@@ -27,19 +27,12 @@ class Diagnosis:
     seconds: float = 0.0
     examples: list[dict] = field(default_factory=list)  # held-out predictions with their flags, for the report
 
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
-    def codes(self, severity: str | None = None) -> set[str]:
-        return {f.code for f in self.findings if severity is None or f.severity == severity}
-
     def get(self, code: str) -> Finding | None:
         return next((f for f in self.findings if f.code == code), None)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["summary"] = {s: sum(f.severity == s for f in self.findings) for s in SEVERITIES}
+        d["summary"] = self.summary()
         return d
 
 
@@ -57,7 +50,7 @@ def demote_consequences(findings: list[Finding]) -> list[Finding]:
 
 def format_diagnosis(d: Diagnosis) -> str:
     """Terminal summary: one line per finding, then each error and warning with its remedy."""
-    counts = {s: sum(f.severity == s for f in d.findings) for s in SEVERITIES}
+    counts = d.summary()
     lines = [f"tasktune diagnose: {d.run} ({d.method}, task {d.task}): {counts['error']} error(s), "
              f"{counts['warning']} warning(s), {counts['info']} info ({d.seconds:.0f}s)"]  # fmt: skip
     if d.findings:

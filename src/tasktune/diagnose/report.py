@@ -89,7 +89,7 @@ def render_html(d: Diagnosis, records: list[dict]) -> str:
                        "yes" if e["stopped"] else "no", e["copies"] or ""] for e in d.examples[:20]])  # fmt: skip
     checked = d.data_check.items()
     data = _rows([[code, v["severity"], v["count"], "; ".join(v["messages"])[:300]] for code, v in checked])
-    counts = {s: sum(f.severity == s for f in d.findings) for s in ("error", "warning", "info")}
+    counts = d.summary()
     figures = {
         "optimisation": d.curves,
         "held-out answers": d.heldout,
