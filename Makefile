@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint format bench docs clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile llamacpp/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch pinned to the CPU wheel: an open range pulls a multi-GB CUDA build
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml Makefile
 		apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium) \
 			|| echo "warning: chromium not installed; the report browser test will skip"; \
 	fi
+	# llama.cpp for the GGUF export's parity check: node-llama-cpp's prebuilt CPU build, pinned by the lock file (only
+	# the linux-x64 build: the optional CUDA and Vulkan ones are hundreds of MB); without npm those tests skip
+	if command -v npm >/dev/null 2>&1; then \
+		cd llamacpp && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm ci --omit=optional --no-audit --no-fund --loglevel=error; \
+	else echo "warning: npm not found; the GGUF parity check and its tests need node-llama-cpp"; fi
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -51,4 +56,4 @@ docs: install
 	$(BIN)/python -m mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache site
+	rm -rf $(VENV) .pytest_cache .ruff_cache site llamacpp/node_modules

@@ -7,6 +7,7 @@ tasktune compare TASK.yaml --out DIR               instruction, few-shot, prompt
 tasktune tune    --task T.yaml --out DIR --trials N --time-budget 60m   search the training settings (resumable)
 tasktune serve   RUN [RUN ...] [--port 8000]       OpenAI-compatible API; LoRA runs share one base model
 tasktune export  RUN --out DIR [--merge]           standalone Hugging Face model folder, checked for parity
+                 [--format gguf --quant q8_0 --ollama]  GGUF file, checked in llama.cpp
 tasktune diagnose RUN                              what went wrong in a run (also runs at the end of train)
 tasktune distill --task T --inputs raw.jsonl --teacher M --out DATA   label inputs with an instructed teacher
 """
@@ -421,6 +422,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from tasktune.export import export
 
+    if args.format == "gguf":
+        return _export_gguf(args)
+    if args.ollama or args.quant != "f16" or args.min_agreement is not None:
+        raise TaskTuneError("--quant, --ollama and --min-agreement are GGUF settings", "add --format gguf")
     result = export(args.run, args.out, merge=args.merge, parity_rows=args.parity_rows)
     what = "merged LoRA" if result.merged else f"{result.method} model"
     parity = (
@@ -430,6 +435,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     print(f"tasktune: exported {what} to {result.out} in {result.seconds:.0f}s; {parity}")
     print(f"tasktune: load it with AutoModelForCausalLM.from_pretrained({result.out!r})")
+    return 0
+
+
+def _export_gguf(args: argparse.Namespace) -> int:
+    from tasktune.export import export_gguf
+
+    r = export_gguf(args.run, args.out, quant=args.quant, merge=args.merge, ollama=args.ollama,
+                    parity_rows=args.parity_rows, min_agreement=args.min_agreement)  # fmt: skip
+    path = Path(r.out) / r.file
+    print(f"tasktune: wrote {path} ({r.quant}, {r.size_bytes / 2**20:.1f} MiB) in {r.seconds:.0f}s")
+    if r.parity_agreement is None:
+        print("tasktune: parity not checked (no eval inputs, or --parity-rows 0)")
+    else:
+        stops = "" if r.stops_at_turn_end is None else f", {r.stops_at_turn_end:.0%} stop at the end-of-turn token"
+        print(f"tasktune: in llama.cpp, prompts {r.prompt_agreement:.0%} identical, greedy answers"
+              f" {r.parity_agreement:.0%} identical on {r.parity_rows} eval inputs{stops}")  # fmt: skip
+    if r.file == "adapter.gguf":
+        template = Path(r.out) / "chat-template.jinja"
+        print(f"tasktune: run it with `llama-server -m {r.base_gguf} --lora {path} --jinja"
+              f" --chat-template-file {template}`")  # fmt: skip
+    else:
+        print(f"tasktune: run it with `llama-server -m {path} --jinja`")
+    if args.ollama:
+        print(f"tasktune: or with Ollama: `ollama create {Path(r.run).name} -f {Path(r.out) / 'Modelfile'}`")
     return 0
 
 
@@ -575,10 +604,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="inference precision")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="write a run as a standalone Hugging Face model folder")
+    p = sub.add_parser("export", help="write a run as a Hugging Face model folder or a GGUF file for llama.cpp")
     p.add_argument("run", help="run folder written by `tasktune train`")
     p.add_argument("--out", required=True, help="folder to write (replaced only after the parity check passes)")
-    p.add_argument("--merge", action="store_true", help="fold a LoRA adapter into the weights (required for LoRA)")
+    p.add_argument("--format", choices=["hf", "gguf"], default="hf", help="Hugging Face folder or GGUF file")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="fold a LoRA adapter into the weights (hf: required for LoRA; gguf: else a GGUF LoRA adapter)",
+    )
+    p.add_argument("--quant", choices=["f16", "bf16", "q8_0", "f32"], default="f16", help="GGUF weight type")
+    p.add_argument("--ollama", action="store_true", help="also write an Ollama Modelfile beside the GGUF file")
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        help="GGUF: least share of greedy answers llama.cpp must give as the run does (default by --quant)",
+    )
     p.add_argument("--parity-rows", type=int, default=32, help="eval inputs the parity check compares (0: skip)")
     p.set_defaults(func=cmd_export)
     return parser

@@ -81,6 +81,15 @@ def _builtin_gguf(name: str) -> Path:
     return gguf
 
 
+def source_gguf(spec: str) -> Path | None:
+    """The GGUF file a base model was read from (a built-in name or a `.gguf` path), or None for a folder or hub id:
+    GGUF export copies the base's tokenizer and hyper-parameters from it."""
+    if spec in BUILTIN_MODELS:
+        return _builtin_gguf(spec)
+    p = Path(spec).expanduser()
+    return p.resolve() if p.suffix == ".gguf" and p.is_file() else None
+
+
 def _builtin_folder(name: str) -> Path:
     return _gguf_to_folder(_builtin_gguf(name), name)
 
