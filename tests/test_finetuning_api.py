@@ -315,8 +315,10 @@ def test_a_server_killed_mid_job_resumes_it_from_its_checkpoint_to_the_uninterru
         assert first.status == "succeeded", first.error
         second = wait_for(whole.id, client, timeout=240)
         assert second.status == "succeeded", second.error
-        events = [e.message for e in client.fine_tuning.jobs.list_events(killed.id, limit=1000)]
-        assert any("resumes from its newest checkpoint" in m for m in events)
+        events = list(client.fine_tuning.jobs.list_events(killed.id, limit=1000))
+        [resumed] = [e.data["step"] for e in events if e.message.startswith("Resuming from the checkpoint of step")]
+        assert resumed >= 10  # continued from a checkpoint, not from the first step
+        assert not any(e.message.startswith("Resuming") for e in client.fine_tuning.jobs.list_events(whole.id))
         a, b = adapter(state, killed.id), adapter(state, whole.id)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical to the uninterrupted job

@@ -2,8 +2,9 @@
 
 OpenAI's chat rows (`{"messages": [{"role": "system"|"user"|"assistant", "content": ...}]}`) are rows tasktune
 already reads (data.py); so are the legacy `{"prompt", "completion"}` rows. Converting an upload only undoes what
-OpenAI allows and tasktune's reader does not: content given as a list of text parts, and the per-message `weight`
-and `name` keys. Every line keeps its number, so the data check's findings name the line of the upload.
+OpenAI allows and tasktune's reader does not: content given as a list of text parts, a per-message `weight` of 1
+(every assistant turn is trained; 0 is refused) and the `name` key. Every line keeps its number, so the data
+check's findings name the line of the upload.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def _plain_messages(row: dict) -> dict:
             continue
         if bad := [k for k in UNSUPPORTED_MESSAGE_KEYS if k in m]:
             raise RowError(f"messages[{i}].{bad[0]}: tool calls are not supported; train on plain chat rows")
+        if m.get("weight", 1) != 1:  # tasktune trains every assistant turn: dropping a weight 0 would train it
+            raise RowError(f"messages[{i}].weight: {m['weight']!r}: tasktune trains every assistant turn;"
+                           " remove the turn (or make it context in a user message) instead")  # fmt: skip
         content = m.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
             if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):

@@ -181,6 +181,22 @@ def hide_paths(text: str, store: Store, job: dict, paths: dict[str, Path]) -> st
     return re.sub(r"(?<![\w.-])/(?:[\w.@+-]+/)+[\w.@+-]*", "<path>", text)
 
 
+def resume_point(run: Path) -> int:
+    """The step the run resumes from. A checkpoint of the run's last step, written just before the server was killed
+    and the weights saved, cannot be resumed (train.py: "the run already finished"): it is set aside, and the run
+    repeats its last steps from the checkpoint before it, which gives the same weights (training is seeded)."""
+    from tasktune.checkpoint import find_checkpoint
+
+    found = find_checkpoint(run, tidy=False)
+    if found.state is None:
+        return 0
+    figures = found.state.figures
+    if found.state.step >= figures.get("planned_steps", found.state.step + 1) or figures.get("stopped_early"):
+        found.path.rename(found.path.with_name(f"{found.path.name}.final"))
+        return resume_point(run)
+    return found.state.step
+
+
 def run_job(store: Store, job_id: str, save_every: int) -> int:
     job = store.job(job_id, None)
     if job is None or job["status"] != "running":
@@ -192,13 +208,18 @@ def run_job(store: Store, job_id: str, save_every: int) -> int:
     progress.start()
     try:
         task = job_task(job["suffix"] or "ft", paths["train"], paths["validation"] if job["validation_file"] else None)
-        if (paths["run"] / "config.yaml").is_file():
-            result = resume_run(paths["run"])
+        if (paths["run"] / "run.json").is_file():
+            pass  # trained before the server was killed; only the report below is left
+        elif (paths["run"] / "config.yaml").is_file():
+            step = resume_point(paths["run"])
+            store.add_event(job_id, f"Resuming from the checkpoint of step {step}" if step else
+                            "Restarting from the first step: no checkpoint was saved", data={"step": step})  # fmt: skip
+            resume_run(paths["run"])
         else:
             cfg = train_settings(job["hyperparameters"], model=job["base"], seed=job["seed"], save_every=save_every)
             check_data(task, cfg, paths, job)
             shutil.rmtree(paths["run"], ignore_errors=True)  # a start killed before its config was written
-            result = train(task, cfg, paths["run"])
+            train(task, cfg, paths["run"])
     except TrainingStopped:
         progress.stop()
         return 0  # cancelled, or the server is stopping: the scheduler knows which
@@ -216,7 +237,7 @@ def run_job(store: Store, job_id: str, save_every: int) -> int:
     trained = max((r.get("train/tokens", 0) for r in progress.records.values()), default=0)
     result_file = write_results(store, job, paths["run"])
     store.update_job(job_id, only_if=("running",), trained=1, trained_tokens=trained, result_files=[result_file])
-    store.add_event(job_id, f"Training finished: {result.steps} steps, {trained:,} tokens")
+    store.add_event(job_id, f"Training finished: {progress.last_step} steps, {trained:,} tokens")
     return 0
 
 
