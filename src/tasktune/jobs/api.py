@@ -184,10 +184,10 @@ def add_routes(app: FastAPI, ft: FineTuning, auth) -> None:
 
     @app.post("/v1/files")
     async def upload(request: Request, tenant: str = Depends(auth)):
-        length = request.headers.get("content-length")
-        if length is None:
+        length = request.headers.get("content-length", "")
+        if not length.isdigit():
             raise _error(411, "send the upload with a Content-Length header (chunked uploads are not taken)")
-        if int(length) > ft.max_upload_bytes + 64 * 1024:  # the multipart framing adds a little
+        if int(length) > ft.max_upload_bytes + 64 * 1024:  # refused before reading; the multipart framing adds a little
             raise _too_large(ft.max_upload_bytes)
         form = await request.form(max_files=1, max_fields=8)
         purpose, upload = form.get("purpose"), form.get("file")

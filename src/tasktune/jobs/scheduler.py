@@ -168,8 +168,10 @@ class Scheduler:
         try:
             self.add_model(job | {"fine_tuned_model": name}, job_paths(self.store, job["id"])["run"])
         except Exception as e:
-            error = {"code": "server_error", "param": None, "message": f"the model trained but could not be loaded:"
-                     f" {type(e).__name__}: {e}"}  # fmt: skip
+            # the details (with server paths) go to the log, not to the client
+            print(f"tasktune: job {job['id']}: cannot load its model: {type(e).__name__}: {e}", file=sys.stderr)
+            error = {"code": "server_error", "param": None, "message": f"the model trained but could not be loaded"
+                     f" ({type(e).__name__}); see the server's log"}  # fmt: skip
             if self.store.update_job(job["id"], only_if=("running",), status="failed", error=error, finished_at=now()):
                 self.store.add_event(job["id"], f"Job failed: {error['message']}", level="error")
             return

@@ -79,11 +79,13 @@ class Progress(threading.Thread):
         path = self.run / "metrics.jsonl"
         if not path.is_file():
             return
-        data = path.read_bytes()
-        if len(data) < self.offset:  # a resumed run cut the log back to its checkpoint
+        if path.stat().st_size < self.offset:  # a resumed run cut the log back to its checkpoint
             self.offset = 0
-        end = data.rfind(b"\n") + 1
-        for line in data[self.offset : end].splitlines():
+        with open(path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # whole lines only: the last one may be half-written
+        for line in data[:end].splitlines():
             record = _json(line)
             if record is None or "step" not in record:
                 continue
@@ -91,7 +93,7 @@ class Progress(threading.Thread):
             if record["step"] > self.last_step:
                 self.last_step = record["step"]
                 self._event(record)
-        self.offset = max(self.offset, end)
+        self.offset += end
 
     def _event(self, r: dict) -> None:
         data = {"step": r["step"], "train_loss": r.get("train/loss"), "valid_loss": r.get("eval/loss"),
@@ -217,6 +219,8 @@ def run_job(store: Store, job_id: str, save_every: int) -> int:
             resume_run(paths["run"])
         else:
             cfg = train_settings(job["hyperparameters"], model=job["base"], seed=job["seed"], save_every=save_every)
+            # train() checks the data again (cheap next to training), but its DataError speaks to a command-line
+            # user (--force, file paths); this one names the upload's id and line
             check_data(task, cfg, paths, job)
             shutil.rmtree(paths["run"], ignore_errors=True)  # a start killed before its config was written
             train(task, cfg, paths["run"])
