@@ -144,9 +144,11 @@ def finished(server):
     """The script a team wrote for OpenAI: upload, create a job, poll it to the end."""
     client = server.client()
     upload = client.files.create(file=("train.jsonl", jsonl(chat_rows(40, seed=1))), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=upload.id, suffix="triage", seed=7,
-                                         hyperparameters={"n_epochs": 2, "batch_size": 4},
-                                         metadata={"team": "support"})  # fmt: skip
+    held_out = client.files.create(file=("valid.jsonl", jsonl(chat_rows(8, seed=8))), purpose="fine-tune")
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}}
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=upload.id, validation_file=held_out.id,
+                                         suffix="triage", seed=7, metadata={"team": "support"},
+                                         method=method)  # fmt: skip
     assert job.status == "validating_files" and job.fine_tuned_model is None
     return upload, wait_for(job.id, client)
 
@@ -159,6 +161,9 @@ def test_an_openai_script_uploads_trains_polls_and_chats_with_the_model(server, 
     assert job.trained_tokens > 0 and job.finished_at >= job.created_at
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
     assert job.metadata == {"team": "support"} and job.seed == 7 and job.training_file == upload.id
+    assert job.method.supervised.hyperparameters.n_epochs == 2
+    assert all(e.data["valid_loss"] is None or e.data["valid_loss"] > 0 for e in
+               client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics")  # fmt: skip
     assert client.files.retrieve(upload.id).filename == "train.jsonl"
     assert client.files.content(upload.id).read() == jsonl(chat_rows(40, seed=1))
 
@@ -172,7 +177,8 @@ def test_an_openai_script_uploads_trains_polls_and_chats_with_the_model(server, 
     [result_id] = job.result_files
     assert client.files.retrieve(result_id).purpose == "fine-tune-results"
     table = list(csv.DictReader(io.StringIO(client.files.content(result_id).text)))
-    assert [int(r["step"]) for r in table] == sorted(steps)
+    assert [int(r["step"]) for r in table] == sorted(steps) == list(range(1, 21))  # 2 epochs of 40 rows by 4
+    assert any(r["valid_loss"] for r in table)  # measured on the validation file
     assert all(float(r["train_loss"]) > 0 for r in table)
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert checkpoints and checkpoints[0].step_number == max(steps)
@@ -324,9 +330,92 @@ def test_a_server_killed_mid_job_resumes_it_from_its_checkpoint_to_the_uninterru
         assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical to the uninterrupted job
         steps = [json.loads(line)["step"] for line in (run_folder(state, killed.id) / "metrics.jsonl").open()]
         assert steps == list(range(1, len(steps) + 1))  # every step once
-        for job in (first, second):
+        for job in (first, second):  # the second joined the first one's base as one more adapter, at run time
             reply = client.chat.completions.create(model=job.fine_tuned_model,
                                                    messages=[{"role": "user", "content": "refund please"}])  # fmt: skip
-            assert reply.choices[0].message.content is not None
+            run = Predictor.from_run(run_folder(state, job.id), precision="fp32", merge=False)
+            assert reply.choices[0].message.content == run.predict(["refund please"])[0].output
     finally:
         server.stop()
+
+
+# --- the pieces, without a server ----------------------------------------------------------------------------------
+def test_api_keys_file_names_tenants_and_every_bad_line(tmp_path):
+    from tasktune.errors import ConfigError
+    from tasktune.jobs.tenants import read_api_keys, tenant_of
+
+    good = tmp_path / "keys.txt"
+    good.write_text(f"alice {ALICE}  # ops\n\nalice {ALICE[::-1]}\nbob {BOB}\n", encoding="utf-8")
+    keys = read_api_keys(good)
+    assert keys == {ALICE: "alice", ALICE[::-1]: "alice", BOB: "bob"}
+    assert tenant_of(f"Bearer {BOB}", None, keys) == "bob"
+    assert tenant_of(f"Bearer {BOB}x", None, keys) is None and tenant_of(None, None, keys) is None
+    assert tenant_of(None, None, None) == "default" and tenant_of("Bearer k", "k", None) == "default"
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"alice\nbad/name {ALICE}\ncarol short\nbob {BOB}\ndave {BOB}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        read_api_keys(bad)
+    for line in (1, 2, 3, 5):
+        assert f"bad.txt:{line}:" in e.value.message
+    assert "bad.txt:4:" not in e.value.message and BOB not in e.value.message  # keys are never printed
+
+
+def test_chat_rows_are_converted_line_for_line_and_bad_ones_named(tmp_path):
+    from tasktune.jobs.convert import JobError, convert_upload
+
+    rows = [
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                      {"role": "assistant", "content": "x", "weight": 1}]},
+        {"prompt": "p", "completion": "c"},
+    ]  # fmt: skip
+    src = tmp_path / "up"
+    src.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n", encoding="utf-8")
+    assert convert_upload(src, tmp_path / "out.jsonl", file_id="file-1", param="training_file") == 2
+    out = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(out[0])["messages"][0] == {"role": "user", "content": "ab"} and out[1] == ""
+    assert json.loads(out[2])["messages"][-1] == {"role": "assistant", "content": "c"}
+
+    weighted = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]}
+    tools = {"messages": [{"role": "user", "content": "q"}], "tools": []}
+    src.write_text("\n".join([json.dumps(rows[1]), json.dumps(weighted), "[1]", json.dumps(tools)]) + "\n")
+    with pytest.raises(JobError) as e:
+        convert_upload(src, tmp_path / "bad.jsonl", file_id="file-2", param="validation_file")
+    assert e.value.code == "invalid_validation_file" and e.value.param == "validation_file"
+    assert "has 3 unusable row(s)" in e.value.message and "file-2" in e.value.message
+    assert "line 2: messages[1].weight" in e.value.message and "line 3:" in e.value.message
+    assert "line 4: 'tools'" in e.value.message and not (tmp_path / "bad.jsonl").exists()
+
+
+def test_hyperparameters_map_to_settings_and_auto_leaves_them_to_the_recipe():
+    from tasktune.jobs.convert import resolved_hyperparameters, train_settings
+    from tasktune.recipe import LORA_LEARNING_RATE
+
+    given = train_settings({"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 2.0}, model="m", seed=5,
+                           save_every=7)  # fmt: skip
+    assert (given.epochs, given.batch_size, given.learning_rate) == (3.0, 2, 2 * LORA_LEARNING_RATE)
+    assert given.time_budget is None and {"time_budget", "patience", "epochs"} <= given.model_fields_set
+    assert (given.seed, given.save_every, given.method) == (5, 7, "lora")
+    auto = train_settings({"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}, model="m",
+                          seed=0, save_every=7)  # fmt: skip
+    assert not {"epochs", "batch_size", "learning_rate", "time_budget"} & auto.model_fields_set
+    assert resolved_hyperparameters({"epochs": 20.0, "batch_size": 4, "learning_rate": LORA_LEARNING_RATE}) == {
+        "n_epochs": 20, "batch_size": 4, "learning_rate_multiplier": 1.0}  # fmt: skip
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_lists_page_by_the_id_after_which_they_continue(tmp_path, newest_first):
+    from tasktune.jobs.store import Store
+
+    store = Store(tmp_path)
+    ids = [store.add_file(f"file-{i:04d}", "alice" if i % 3 else "bob", "f.jsonl", "fine-tune", 1)["id"]
+           for i in range(10)]  # fmt: skip
+    mine = [i for n, i in enumerate(ids) if n % 3][:: -1 if newest_first else 1]
+    seen, after = [], None
+    while True:
+        rows, more = store.page("files", {"tenant": "alice"}, after, 2, newest_first)
+        seen += [r["id"] for r in rows]
+        if not more:
+            break
+        after = rows[-1]["id"]
+    assert seen == mine
+    assert store.page("files", {"tenant": "alice"}, ids[0], 5, newest_first) == ([], False)  # bob's id: no place here
