@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasktune.errors import ModelError
 from tasktune.http_errors import ServeError
 from tasktune.jobs.scheduler import Scheduler, fine_tuned_name
 from tasktune.jobs.store import ACTIVE, Store, new_id, now
@@ -55,8 +56,13 @@ def open_fine_tuning(config, engine, served: dict) -> FineTuning:
     bases = {name: name for name in BUILTIN_MODELS}
     bases |= {s.name: s.base_path for s in served.values() if s.kind == "base" and s.base_path}
     for name, spec in config.base_models.items():
-        bases[name] = str(resolve_model(spec).path)  # a wrong path fails now, not in a job
-    store = Store(config.state)
+        try:
+            bases[name] = str(resolve_model(spec).path)  # a wrong path fails now, not in a job
+        except ModelError as e:
+            raise ModelError(f"--base-model {name}={spec}: {e.message}", e.hint) from None
+    from tasktune.fsio import ensure_writable_dir
+
+    store = Store(ensure_writable_dir(config.state, what="--state folder"))
 
     def add_model(job: dict, run: Path) -> None:
         name = job["fine_tuned_model"]

@@ -194,7 +194,9 @@ def resume_point(run: Path) -> int:
         return 0
     figures = found.state.figures
     if found.state.step >= figures.get("planned_steps", found.state.step + 1) or figures.get("stopped_early"):
-        found.path.rename(found.path.with_name(f"{found.path.name}.final"))
+        aside = found.path.with_name(f"{found.path.name}.final")
+        shutil.rmtree(aside, ignore_errors=True)  # from an earlier kill in the same place
+        found.path.rename(aside)
         return resume_point(run)
     return found.state.step
 
