@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from tasktune.errors import ModelError
 from tasktune.http_errors import ServeError
@@ -195,20 +196,22 @@ def add_routes(app: FastAPI, ft: FineTuning, auth) -> None:
             raise _error(411, "send the upload with a Content-Length header (chunked uploads are not taken)")
         if int(length) > ft.max_upload_bytes + 64 * 1024:  # refused before reading; the multipart framing adds a little
             raise _too_large(ft.max_upload_bytes)
-        form = await request.form(max_files=1, max_fields=8)
-        purpose, upload = form.get("purpose"), form.get("file")
-        if purpose != "fine-tune":
-            raise _error(400, f"purpose: {purpose!r} is not taken here; this server takes purpose 'fine-tune'",
-                         "purpose")  # fmt: skip
-        if upload is None or isinstance(upload, str):
-            raise _error(400, "file: send the file as the multipart field 'file'", "file")
-        filename = PurePosixPath(str(upload.filename or "").replace("\\", "/")).name[:255] or "upload.jsonl"
-        if not filename.lower().endswith(".jsonl"):
-            raise _error(400, f"file: {filename!r} is not a .jsonl file; fine-tuning files are JSONL (one JSON"
-                         " object per line), named *.jsonl", "file")  # fmt: skip
-        file_id = new_id("file")
-        await _save_upload(upload, store.file_path(file_id), ft.max_upload_bytes)
-        row = store.add_file(file_id, tenant, filename, "fine-tune", store.file_path(file_id).stat().st_size)
+        # as a context: the parser's spooled temporary file is removed when the block ends
+        async with request.form(max_files=1, max_fields=8) as form:
+            purpose, upload = form.get("purpose"), form.get("file")
+            if purpose != "fine-tune":
+                raise _error(400, f"purpose: {purpose!r} is not taken here; this server takes purpose 'fine-tune'",
+                             "purpose")  # fmt: skip
+            if upload is None or isinstance(upload, str):
+                raise _error(400, "file: send the file as the multipart field 'file'", "file")
+            filename = PurePosixPath(str(upload.filename or "").replace("\\", "/")).name[:255] or "upload.jsonl"
+            if not filename.lower().endswith(".jsonl"):
+                raise _error(400, f"file: {filename!r} is not a .jsonl file; fine-tuning files are JSONL (one JSON"
+                             " object per line), named *.jsonl", "file")  # fmt: skip
+            file_id = new_id("file")
+            # in a worker thread: copying and fsyncing a large file must not stall the requests being served
+            await run_in_threadpool(_save_upload, upload.file, store.file_path(file_id), ft.max_upload_bytes)
+            row = store.add_file(file_id, tenant, filename, "fine-tune", store.file_path(file_id).stat().st_size)
         return file_object(row)
 
     @app.get("/v1/files")
@@ -332,7 +335,7 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
         raise _error(400, "metadata: up to 16 keys of up to 64 characters, values up to 512", "metadata")
 
 
-async def _save_upload(upload, target: Path, cap: int) -> None:
+def _save_upload(upload, target: Path, cap: int) -> None:
     """Copy the upload to `target` through a temporary file beside it (renamed only when complete and valid): at
     most `cap` bytes (413 beyond), UTF-8 text without NUL bytes (400 otherwise)."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -341,7 +344,7 @@ async def _save_upload(upload, target: Path, cap: int) -> None:
     size = 0
     try:
         with os.fdopen(fd, "wb") as out:
-            while chunk := await upload.read(1 << 20):
+            while chunk := upload.read(1 << 20):
                 size += len(chunk)
                 if size > cap:
                     raise _too_large(cap)
