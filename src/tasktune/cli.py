@@ -406,15 +406,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tasktune.config import build
     from tasktune.serve import ServeConfig, serve
 
-    aliases = {}
-    for item in args.alias or []:
-        name, sep, run = item.partition("=")
-        if not sep or not name or not run:
-            raise TaskTuneError(f"--alias {item!r} is not NAME=RUN", "e.g. --alias triage=runs/triage")
-        aliases[name] = run
+    def pairs(items: list[str] | None, flag: str, shape: str, example: str) -> dict[str, str]:
+        out = {}
+        for item in items or []:
+            name, sep, value = item.partition("=")
+            if not sep or not name or not value:
+                raise TaskTuneError(f"{flag} {item!r} is not {shape}", f"e.g. {flag} {example}")
+            out[name] = value
+        return out
+
     settings = {"host": args.host, "port": args.port, "api_key": args.api_key or os.environ.get("TASKTUNE_API_KEY"),
-                "aliases": aliases, "max_queue": args.max_queue, "max_batch_size": args.max_batch_size,
-                "precision": args.precision}  # fmt: skip
+                "aliases": pairs(args.alias, "--alias", "NAME=RUN", "triage=runs/triage"), "max_queue": args.max_queue,
+                "max_batch_size": args.max_batch_size, "precision": args.precision, "api_keys": args.api_keys,
+                "fine_tuning": args.fine_tuning, "state": args.state,
+                "base_models": pairs(args.base_model, "--base-model", "NAME=MODEL", "smol=models/smollm2"),
+                "max_upload_mb": args.max_upload_mb, "job_save_every": args.job_save_every}  # fmt: skip
     serve(args.runs, build(ServeConfig, settings, "command line"))
     return 0
 
@@ -602,6 +608,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=256, help="requests that may wait; beyond that 503")
     p.add_argument("--max-batch-size", type=int, default=16, help="requests generated together")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="inference precision")
+    p.add_argument("--api-keys", metavar="FILE", help="`TENANT KEY` per line: each tenant sees only its own files,"
+                   " jobs and fine-tuned models (instead of --api-key)")  # fmt: skip
+    p.add_argument("--fine-tuning", action="store_true", help="take OpenAI's files and fine-tuning jobs API")
+    p.add_argument("--state", default=".tasktune-state", help="folder of the fine-tuning database, uploads and runs")
+    p.add_argument("--base-model", action="append", metavar="NAME=MODEL",
+                   help="a base model jobs may name (built-in name or local folder; repeatable)")  # fmt: skip
+    p.add_argument("--max-upload-mb", type=float, default=512, help="largest file upload in MiB (larger: 413)")
+    p.add_argument("--job-save-every", type=int, default=50, help="steps between a job's checkpoints")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="write a run as a Hugging Face model folder or a GGUF file for llama.cpp")

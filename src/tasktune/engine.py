@@ -24,6 +24,7 @@ import random
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,8 @@ class Served:
     max_new_tokens: int  # default answer cap (a run's: from its training answers)
     context: int  # positions the model can attend to: prompt + answer must fit
     base: str | None = None  # the base model's name, for the listing
-    run: str | None = None
+    run: str | None = None  # the run folder (server-side only: never sent to clients)
+    base_path: str | None = None  # the base weights' folder of a LoRA group: later LoRA runs of it join the group
     schema: dict | None = None  # a JSON run's schema: chat requests are decoded under it unless they ask otherwise
     copy_fields: list[str] = field(default_factory=list)
     labels: list[str] | None = None  # a label run's answers: one of these, unless a request asks otherwise
@@ -222,6 +224,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self._pending: deque[GenRequest] = deque()
+        self._calls: deque[tuple[Callable, Future]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="tasktune-generate", daemon=True)
@@ -248,9 +251,32 @@ class Engine:
             self._pending.append(req)
             self._cond.notify()
 
+    def run_on_thread(self, fn: Callable[[], object]) -> Future:
+        """Run `fn` on the generation thread between two batches (it owns the models: adding an adapter to a model
+        that is generating would change its modules under the running forward pass)."""
+        fut: Future = Future()
+        with self._cond:
+            self._calls.append((fn, fut))
+            self._cond.notify()
+        return fut
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._cond:
+                if not self._calls:
+                    return
+                fn, fut = self._calls.popleft()
+            try:
+                fut.set_result(fn())
+            except BaseException as e:
+                fut.set_exception(e)
+
     def _next_batch(self) -> list[GenRequest] | None:
+        self._run_calls()
         with self._cond:
             while not self._pending and not self._stopping:
+                if self._calls:
+                    return []
                 self._cond.wait()
             if self._stopping:
                 return None
@@ -336,9 +362,8 @@ def _context(model, extra_positions: int = 0) -> int:
 def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callable[[str], None] = print) -> dict:
     """Load every run once; LoRA runs on the same base become adapters of one shared model. Returns name → Served."""
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
-    from tasktune.models import load_base, resolve_model
+    from tasktune.models import load_base
     from tasktune.predict import Predictor
 
     # A run served under several names (its folder name and aliases) is loaded once.
@@ -356,10 +381,7 @@ def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callab
     groups: dict[str, list[str]] = {}
     for name, info in infos.items():
         if info.method == "lora":
-            base_path = Path(info.base_model_path)
-            if not (base_path / "config.json").is_file():
-                base_path = resolve_model(info.base_model).path
-            groups.setdefault(str(base_path), []).append(name)
+            groups.setdefault(str(_lora_base_path(info)), []).append(name)
     for base_path, names in groups.items():
         progress(f"loading {base_path} with {len(names)} LoRA adapter(s): {', '.join(names)}")
         base, base_tok = load_base(Path(base_path))
@@ -373,24 +395,7 @@ def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callab
                 shared = PeftModel.from_pretrained(base, folder, adapter_name=adapter)
             else:
                 shared.load_adapter(folder, adapter_name=adapter)
-            info = infos[name]
-            served[name] = Served(
-                name=name,
-                kind="lora",
-                model=shared,
-                adapter=adapter,
-                use_base=False,
-                fmt=ChatFormat(AutoTokenizer.from_pretrained(folder)),
-                instruction=info.instruction if info.instruction_in_prompt else None,
-                output_kind=info.output_kind,
-                max_new_tokens=info.max_new_tokens,
-                context=_context(base),
-                base=base_model_name(info),
-                run=str(runs[name]),
-                schema=_run_schema(info),
-                copy_fields=info.copy_fields,
-                labels=info.labels,
-            )
+            served[name] = _lora_served(name, infos[name], runs[name], shared, adapter, base_path)
         cast_for_inference(shared, precision)
         shared.eval()
         base_name = base_model_name(infos[names[0]])
@@ -409,6 +414,7 @@ def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callab
             output_kind="text",
             max_new_tokens=256,
             context=_context(base),
+            base_path=base_path,
         )
     for name, info in infos.items():
         if info.method == "lora":
@@ -441,6 +447,66 @@ def load_served(runs: dict[str, Path], precision: str = "auto", progress: Callab
             raise TaskTuneError(f"--alias {alias}: that name is already served", "choose another alias")
         served[alias] = dataclasses.replace(served[name], name=alias)
     return served
+
+
+def _lora_base_path(info: RunInfo) -> Path:
+    from tasktune.models import resolve_model
+
+    base_path = Path(info.base_model_path)
+    return base_path if (base_path / "config.json").is_file() else resolve_model(info.base_model).path
+
+
+def _lora_served(name: str, info: RunInfo, run: Path, shared, adapter: str, base_path: str) -> Served:
+    """The entry of a LoRA run loaded as `adapter` of the group's shared model."""
+    from transformers import AutoTokenizer
+
+    return Served(
+        name=name,
+        kind="lora",
+        model=shared,
+        adapter=adapter,
+        use_base=False,
+        fmt=ChatFormat(AutoTokenizer.from_pretrained(Path(run) / info.weights_dir)),
+        instruction=info.instruction if info.instruction_in_prompt else None,
+        output_kind=info.output_kind,
+        max_new_tokens=info.max_new_tokens,
+        context=_context(shared),
+        base=base_model_name(info),
+        run=str(run),
+        schema=_run_schema(info),
+        copy_fields=info.copy_fields,
+        labels=info.labels,
+        base_path=str(base_path),
+    )
+
+
+def add_runs(served: dict[str, Served], runs: dict[str, Path], precision: str = "auto") -> None:
+    """Add runs to a running server's models (on the generation thread: `Engine.run_on_thread`). A LoRA run whose
+    base model is loaded joins that group as one more adapter (no second copy of the base); any other run loads as
+    `load_served` loads it (a new base is then loaded on this thread, and generation waits for it)."""
+    for name, path in runs.items():
+        if name in served:
+            raise TaskTuneError(f"model {name!r} is already served", "give the run another name")
+        info = RunInfo.load(path)
+        group = None
+        if info.method == "lora":
+            base_path = str(_lora_base_path(info))
+            group = next((s for s in list(served.values()) if s.kind == "base" and s.base_path == base_path), None)
+        if group is None:
+            for n, s in load_served({name: Path(path)}, precision, progress=lambda _: None).items():
+                if n == name or n not in served:  # a new base named like a model already served stays unlisted
+                    served[n] = s
+            continue
+        model = group.model
+        folder = Path(path) / info.weights_dir
+        if not folder.is_dir():
+            raise TaskTuneError(f"{folder} is missing: the run did not finish", "train again, or resume the run")
+        taken = model.peft_config
+        adapter = next(f"adapter{i}" for i in range(len(taken) + 1) if f"adapter{i}" not in taken)
+        model.load_adapter(folder, adapter_name=adapter)
+        cast_for_inference(model, precision)
+        model.eval()
+        served[name] = _lora_served(name, info, path, model, adapter, base_path)
 
 
 def _run_schema(info: RunInfo) -> dict | None:

@@ -25,6 +25,9 @@ MAX_EPOCHS = 20
 # On a CPU the examples a run can see are bounded by time, not data: the run plans its steps from the measured
 # throughput so that training and validation end within this budget.
 CPU_TIME_BUDGET = "15m"
+# LoRA+ rate for A (B at LORA_PLUS_RATIO times it): the best of the rates measured across tasks (docs/benchmarks.md)
+LORA_LEARNING_RATE = 5e-4
+LORA_PLUS_RATIO = 16.0
 # Validation: generate answers for this many held-out rows (the task's own metric).
 VALIDATE_ROWS_SHORT = 64  # answers of a few tokens (labels) cost little to generate
 VALIDATE_ROWS_LONG = 32  # longer answers (JSON records, summaries) cost a decoding pass each
@@ -107,10 +110,11 @@ def choose_recipe(cfg: TrainConfig, facts: DataFacts) -> tuple[TrainConfig, Reci
     choose("method", "lora", "adapters train fast, keep the base model shared for serving, and cannot forget it")
     if update.get("method", cfg.method) == "lora":
         # LoRA+ (Hayou et al. 2024): B learns 16x faster than A; this rate won the recipe sweep (docs/benchmarks.md).
-        choose("learning_rate", 5e-4, "LoRA+ rate for A (B at 16x): the best of the rates measured across tasks")
+        choose("learning_rate", LORA_LEARNING_RATE, "LoRA+ rate for A (B at 16x): the best of the rates measured"
+               " across tasks")  # fmt: skip
         if "plus_lr_ratio" not in lora_given:
-            lora_update["plus_lr_ratio"] = 16.0
-            recipe.set("lora.plus_lr_ratio", 16.0, "LoRA+: B matrices at 16x the rate of A")
+            lora_update["plus_lr_ratio"] = LORA_PLUS_RATIO
+            recipe.set("lora.plus_lr_ratio", LORA_PLUS_RATIO, "LoRA+: B matrices at 16x the rate of A")
     epochs, why = planned_epochs(facts.train_rows)
     if "max_steps" not in given:
         choose("epochs", epochs, why)

@@ -1,6 +1,7 @@
 """tasktune serve: tuned runs behind an OpenAI-compatible HTTP API.
 
-tasktune serve RUN [RUN ...] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--alias NAME=RUN]
+tasktune serve RUN [RUN ...] [--host 127.0.0.1] [--port 8000] [--api-key KEY | --api-keys FILE] [--alias NAME=RUN]
+               [--fine-tuning [--state DIR] [--base-model NAME=MODEL]]
 
 Routes: GET /v1/models, POST /v1/chat/completions (`stream: true` sends server-sent events), POST /v1/completions,
 GET /health. A request's `model` names a run (its folder name or an alias) or the base model of the LoRA runs. A run
@@ -10,12 +11,14 @@ base model continues the raw text.
 
 Errors have OpenAI's JSON shape: 400 bad body, 401 missing or wrong key, 404 unknown model, 413 prompt plus
 max_tokens beyond the model's context, 503 queue full (with Retry-After). Generation runs in one thread (engine.py).
+
+With --fine-tuning, OpenAI's files and fine-tuning routes are added (tasktune.jobs); with --api-keys, each key's
+tenant sees only its own files, jobs and fine-tuned models.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -29,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasktune.engine import Engine, GenRequest, GenResult, QueueFull, Served
 from tasktune.errors import ConfigError, TaskTuneError
+from tasktune.http_errors import ServeError, error_body
 
 log = logging.getLogger("tasktune.serve")
 
@@ -41,22 +45,24 @@ class ServeConfig(BaseModel):
     host: str = Field("127.0.0.1", description="address to bind; anything but loopback is reachable from outside")
     port: int = Field(8000, ge=0, le=65535, description="port to bind (0: any free port, printed at start)")
     api_key: str | None = Field(None, description="require `Authorization: Bearer KEY` on every route but /health")
+    api_keys: str | None = Field(
+        None,
+        description="file of `TENANT KEY` lines: each key is accepted, and each tenant sees only its own files, jobs"
+        " and fine-tuned models (instead of --api-key)",
+    )
     aliases: dict[str, str] = Field({}, description="extra model names: NAME → run folder")
     max_queue: int = Field(256, ge=1, description="requests that may wait; more get 503 (higher: more memory)")
     max_batch_size: int = Field(16, ge=1, description="requests generated together (higher: throughput, latency)")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="inference precision")
-
-
-class ServeError(Exception):
-    """An error for the client, in OpenAI's shape."""
-
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", *, code=None, param=None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
-
-
-def error_body(status: int, message: str, type_: str, code=None, param=None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    fine_tuning: bool = Field(False, description="take OpenAI's files and fine-tuning jobs API (/v1/files, ...)")
+    state: str = Field(".tasktune-state", description="folder of the fine-tuning database, uploads and job runs")
+    base_models: dict[str, str] = Field(
+        {}, description="base models jobs may name: NAME → built-in name or local folder (built-in names always)"
+    )
+    max_upload_mb: float = Field(512, gt=0, description="largest file upload in MiB; larger ones get 413")
+    job_save_every: int = Field(
+        50, ge=1, description="steps between a job's checkpoints: a killed server resumes the job from the newest"
+    )
 
 
 # --- request bodies (unknown fields are ignored, as OpenAI clients send many; fields we cannot honour are refused) ---
@@ -125,11 +131,16 @@ class CompletionRequest(_Sampling):
 
 
 # --- the app -------------------------------------------------------------------------------------------------------
-def create_app(engine: Engine, served: dict[str, Served], config: ServeConfig):
+def create_app(engine: Engine, served: dict[str, Served], config: ServeConfig, *, fine_tuning=None,
+               keys: dict[str, str] | None = None):  # fmt: skip
+    """The app; `fine_tuning` (a jobs.api.FineTuning) adds OpenAI's files and jobs routes, `keys` (KEY → tenant)
+    replaces the single --api-key."""
     from fastapi import Depends, FastAPI, Header
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
+
+    from tasktune.jobs.tenants import tenant_of
 
     created = int(time.time())
     app = FastAPI(title="tasktune", docs_url=None, redoc_url=None)
@@ -166,20 +177,24 @@ def create_app(engine: Engine, served: dict[str, Served], config: ServeConfig):
 
     # (annotations are strings under `from __future__ import annotations`, and FastAPI resolves them in this module's
     # globals: parameters here use only builtin types, with Header() as the default)
-    async def check_key(authorization: str | None = Header(None)) -> None:
-        if config.api_key is None:
-            return
-        given = authorization or ""
-        if not hmac.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
+    async def check_key(authorization: str | None = Header(None)) -> str:
+        """The request's tenant."""
+        tenant = tenant_of(authorization, config.api_key, keys)
+        if tenant is None:
             raise HTTPException(401, "missing or wrong API key: send `Authorization: Bearer KEY`")
+        return tenant
 
-    def lookup(name: str) -> Served:
-        if name not in served:
-            raise ServeError(
-                404, f"model {name!r} is not served here; models: {', '.join(served)}", code="model_not_found",
-                param="model",
-            )  # fmt: skip
-        return served[name]
+    def visible(tenant: str) -> list[Served]:
+        models = list(served.values())  # a copy: a finished job's model may be added meanwhile
+        return [s for s in models if fine_tuning is None or fine_tuning.visible(s.name, tenant)]
+
+    def lookup(name: str, tenant: str) -> Served:
+        s = served.get(name)
+        if s is None or (fine_tuning is not None and not fine_tuning.visible(name, tenant)):
+            names = ", ".join(m.name for m in visible(tenant))
+            raise ServeError(404, f"model {name!r} is not served here; models: {names}", code="model_not_found",
+                             param="model")  # fmt: skip
+        return s
 
     def plan(s: Served, prompt_ids: list[int], body: _Sampling, max_tokens: int | None, strip: bool) -> GenRequest:
         if body.logprobs:
@@ -288,20 +303,22 @@ def create_app(engine: Engine, served: dict[str, Served], config: ServeConfig):
         return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.get("/health")
-    async def health():
-        return {"status": "ok", "models": list(served), "waiting": engine.waiting, "batches": engine.batches}
+    async def health():  # no key needed: it names only the models every tenant sees
+        public = [s.name for s in list(served.values()) if fine_tuning is None or s.name not in fine_tuning.owners]
+        return {"status": "ok", "models": public, "waiting": engine.waiting, "batches": engine.batches}
 
-    @app.get("/v1/models", dependencies=[Depends(check_key)])
-    async def models():
+    @app.get("/v1/models")
+    async def models(tenant: str = Depends(check_key)):
         data = []
-        for s in served.values():
-            data.append({"id": s.name, "object": "model", "created": created, "owned_by": "tasktune",
-                         "root": s.base or s.name, "parent": s.base, "method": s.kind, "run": s.run})  # fmt: skip
+        for s in visible(tenant):  # no run folder: a client must not learn the server's paths
+            owner = fine_tuning.owners.get(s.name, "tasktune") if fine_tuning else "tasktune"
+            data.append({"id": s.name, "object": "model", "created": created, "owned_by": owner,
+                         "root": s.base or s.name, "parent": s.base, "method": s.kind})  # fmt: skip
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
-    async def chat(body: ChatRequest):
-        s = lookup(body.model)
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, tenant: str = Depends(check_key)):
+        s = lookup(body.model, tenant)
         messages = s.fmt.with_instruction([m.as_dict() for m in body.messages], s.instruction)
         try:
             prompt_ids = s.fmt.encode_prompt(messages)
@@ -325,9 +342,9 @@ def create_app(engine: Engine, served: dict[str, Served], config: ServeConfig):
         return {"id": rid, "object": "chat.completion", "created": t, "model": s.name, "choices": [choice],
                 "usage": usage([r])}  # fmt: skip
 
-    @app.post("/v1/completions", dependencies=[Depends(check_key)])
-    async def completions(body: CompletionRequest):
-        s = lookup(body.model)
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, tenant: str = Depends(check_key)):
+        s = lookup(body.model, tenant)
         if body.echo:
             raise ServeError(400, "echo is not supported", param="echo")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -362,6 +379,10 @@ def create_app(engine: Engine, served: dict[str, Served], config: ServeConfig):
         return {"id": rid, "object": "text_completion", "created": t, "model": s.name, "choices": choices,
                 "usage": usage(list(results))}  # fmt: skip
 
+    if fine_tuning is not None:
+        from tasktune.jobs.api import add_routes
+
+        add_routes(app, fine_tuning, check_key)
     return app
 
 
@@ -408,28 +429,57 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(runs: list[str], config: ServeConfig) -> None:
-    """Load the runs, start the generation thread and answer HTTP until interrupted."""
+    """Load the runs, start the generation thread (and with --fine-tuning the job thread) and answer HTTP until
+    interrupted."""
     try:
         import uvicorn
     except ImportError:
         raise TaskTuneError("serving needs FastAPI and uvicorn", "pip install 'tasktune[serve]'") from None
     from tasktune.engine import load_served
 
-    if not runs and not config.aliases:
+    if not runs and not config.aliases and not config.fine_tuning:
         raise TaskTuneError("serve needs at least one RUN folder", "pass the --out folder of `tasktune train`")
+    keys = check_fine_tuning_settings(config)
     names = run_names(runs, config.aliases)
     sock = bind_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
-    if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
+    if config.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None and keys is None:
         print(f"tasktune: warning: listening on {config.host} without --api-key: anyone who reaches it can use it")
     served = load_served(names, config.precision, progress=lambda m: print(f"tasktune: {m}", flush=True))
     engine = Engine(max_queue=config.max_queue, max_batch_size=config.max_batch_size).start()
-    app = create_app(engine, served, config)
+    fine_tuning = None
+    if config.fine_tuning:
+        from tasktune.jobs.api import open_fine_tuning
+
+        fine_tuning = open_fine_tuning(config, engine, served)
+        print(f"tasktune: fine-tuning jobs on; base models: {', '.join(fine_tuning.bases)}", flush=True)
+    app = create_app(engine, served, config, fine_tuning=fine_tuning, keys=keys)
     url_host = f"[{host}]" if ":" in host else host
-    print(f"tasktune: serving {', '.join(served)} on http://{url_host}:{port}/v1", flush=True)
+    public = [name for name in served if fine_tuning is None or name not in fine_tuning.owners]
+    print(f"tasktune: serving {', '.join(public) or 'no model yet'} on http://{url_host}:{port}/v1", flush=True)
     try:
         uvicorn.Server(uvicorn.Config(app, log_level=os.environ.get("TASKTUNE_LOG_LEVEL", "warning"))).run(
             sockets=[sock]
         )
     finally:
+        if fine_tuning is not None:
+            fine_tuning.scheduler.stop()
         engine.stop()
+
+
+def check_fine_tuning_settings(config: ServeConfig) -> dict[str, str] | None:
+    """Refuse settings that contradict each other; return the --api-keys file's KEY → tenant (None without it)."""
+    from tasktune.jobs.tenants import read_api_keys
+
+    if config.api_keys and config.api_key:
+        raise ConfigError("--api-key and --api-keys both given", "use --api-keys alone (one `TENANT KEY` line each)")
+    if not config.fine_tuning:
+        given = [f for f, default in (("--state", ".tasktune-state"),) if getattr(config, f[2:]) != default]
+        if config.base_models:
+            given.append("--base-model")
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply with --fine-tuning", "add --fine-tuning, or drop them")
+    for name in config.base_models:
+        if not name or ":" in name or "/" in name:
+            raise ConfigError(f"--base-model {name!r}: a name without ':' or '/'", "e.g. --base-model smol=DIR")
+    return read_api_keys(config.api_keys) if config.api_keys else None

@@ -333,6 +333,7 @@ def fit(
                 "train/grad_norm": float(grad_norm),
                 "train/tokens_per_s": seen_tokens / elapsed,
                 "train/supervised_tokens": seen_sup,
+                "train/tokens": seen_tokens,  # every token the run has seen (OpenAI's jobs report it)
                 "elapsed_s": elapsed,
             }
             validating = bool(validator and validate_every and (step % validate_every == 0 or last))
