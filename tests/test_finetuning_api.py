@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ openai = pytest.importorskip("openai", reason="the serve tests need the test ext
 pytest.importorskip("multipart", reason="uploads need python-multipart: pip install -e '.[serve]'")
 
 from tasktune.predict import Predictor  # noqa: E402
+from tests import servers  # noqa: E402
 from tests.tiny import make_rows  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -61,22 +61,8 @@ class Server:
         cmd = [sys.executable, "-m", "tasktune", "serve", "--fine-tuning", "--state", str(state), "--base-model",
                f"tiny={model}", "--api-keys", str(keys), "--port", "0", "--precision", "fp32", "--max-upload-mb",
                str(UPLOAD_MB), *extra]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.state = state
-        self.lines: list[str] = []
-        self.url: str | None = None
-        ready = threading.Event()
-
-        def read():
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                if "serving" in line and "http://" in line:
-                    self.url = line.split(" on ")[-1].strip().removesuffix("/v1")
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        ready.wait(120)
+        self.proc, self.url, self.lines = servers.start(cmd, env, timeout=120)
         if self.url is None:
             self.kill()
             raise AssertionError("server did not start:\n" + "".join(self.lines))

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +26,7 @@ from tasktune.config import TaskConfig, TrainConfig  # noqa: E402
 from tasktune.data import examples_from_inputs  # noqa: E402
 from tasktune.predict import Predictor  # noqa: E402
 from tasktune.train import train  # noqa: E402
+from tests import servers  # noqa: E402
 from tests.tiny import greedy_reference, make_rows, scramble_weights, write_jsonl  # noqa: E402
 
 KEY = "test-key-123"
@@ -62,27 +62,8 @@ class Server:
 
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(tasktune.__file__).parents[1]),
                                                            os.environ.get("PYTHONPATH", "")]))  # fmt: skip
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tasktune", "serve", *args, "--port", "0", "--precision", "fp32"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.lines: list[str] = []
-        self.url: str | None = None
-        ready = threading.Event()
-
-        def read():
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                if "serving" in line and "http://" in line:
-                    self.url = line.split(" on ")[-1].strip().removesuffix("/v1")
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        ready.wait(180)
+        cmd = [sys.executable, "-m", "tasktune", "serve", *args, "--port", "0", "--precision", "fp32"]
+        self.proc, self.url, self.lines = servers.start(cmd, env, timeout=180)
         if self.url is None:
             self.stop()
             raise AssertionError("server did not start:\n" + "".join(self.lines))
