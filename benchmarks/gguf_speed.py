@@ -4,7 +4,9 @@ Both answer the run's first N eval inputs greedily, free (no schema), with the r
 run's own model (LoRA merged, bf16 or fp32 as `predict` picks for this CPU), llama.cpp (node-llama-cpp's CPU build,
 all cores) with the file that `tasktune export --format gguf` wrote. At batch 1 the requests go one after another;
 at batch B, B at a time (tasktune: one padded batch; llama.cpp: B sequences of one context). Prints generated tokens/s
-and the mean latency per request for each, the ratios, and how many answers are identical.
+and the mean latency per request for each, the ratios, and how many answers are identical. llama.cpp's answers at
+batch B are also compared with its own answers at batch 1: node-llama-cpp 3.21.1's parallel sequences were seen to mix
+tokens between sequences, and a row where they differ is marked as no valid measurement.
 
     python benchmarks/gguf_speed.py RUN GGUF [--n 32] [--batch-sizes 1,16] [--json out.json]
 """
@@ -36,13 +38,15 @@ def main() -> None:
     predictor = Predictor.from_run(args.run, constrain=False)
     conversations = [predictor.fmt.with_instruction(ex.prompt_messages, predictor.instruction) for ex in examples]
     predictor.predict(examples[:2], batch_size=2)  # warm-up: first-call allocations out of the timing
-    rows = []
+    rows, alone = [], None
     for b in [int(x) for x in args.batch_sizes.split(",")]:
         t0 = time.perf_counter()
         preds = predictor.predict(examples, batch_size=b)
         ours = time.perf_counter() - t0
         answers, theirs = llamacpp.answer(args.gguf, conversations, info.max_new_tokens, batch=b)
         same = sum(a.text.strip() == p.output for a, p in zip(answers, preds, strict=True))
+        alone = alone or (answers if b == 1 else llamacpp.answer(args.gguf, conversations, info.max_new_tokens)[0])
+        consistent = sum(a.tokens == o.tokens for a, o in zip(answers, alone, strict=True))
         row = {
             "batch": b,
             "tasktune_s": ours,
@@ -52,6 +56,7 @@ def main() -> None:
             "llamacpp_tok_s": sum(len(a.tokens) for a in answers) / theirs,
             "llamacpp_latency_s": sum(a.seconds for a in answers) / len(answers),
             "identical_answers": same,
+            "llamacpp_same_as_batch_1": consistent,
             "n": len(examples),
         }
         rows.append(row)
@@ -60,6 +65,11 @@ def main() -> None:
             f" llama.cpp {row['llamacpp_tok_s']:7.1f} tok/s ({row['llamacpp_latency_s']:.2f} s/request):"
             f" {row['llamacpp_tok_s'] / row['tasktune_tok_s']:.2f}x the tokens/s; {same}/{len(examples)} identical"
         )
+        if consistent < len(examples):
+            print(
+                f"  not a valid llama.cpp figure: only {consistent}/{len(examples)} of its answers at batch {b} are"
+                " its answers at batch 1 (its parallel sequences mixed up their tokens)"
+            )
     out = {"run": str(args.run), "gguf": str(args.gguf), "size_bytes": args.gguf.stat().st_size,
            "amx": "amx_tile" in Path("/proc/cpuinfo").read_text(), "rows": rows}  # fmt: skip
     if args.json:

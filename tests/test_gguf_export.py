@@ -213,9 +213,10 @@ def _scrambled(kind: str, tiny_model, folder):
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_an_architecture_answers_in_llamacpp_with_the_tokens_of_transformers(kind, tiny_model, tmp_path):
+    import torch
+
     from tasktune.models import load_base
     from tasktune.render import ChatFormat
-    from tests.tiny import greedy_reference
 
     model, tok = load_base(_scrambled(kind, tiny_model, tmp_path / kind))
     fmt = ChatFormat(tok)
@@ -227,5 +228,15 @@ def test_an_architecture_answers_in_llamacpp_with_the_tokens_of_transformers(kin
     for conv, got in zip(conversations, answers, strict=True):
         prompt = fmt.encode_prompt(conv)
         assert list(got.prompt_tokens) == prompt
-        expected = greedy_reference(model, fmt, prompt, 12)
-        assert fmt.tok.decode(got.tokens, skip_special_tokens=True).strip() == expected
+        # Each token llama.cpp chose, fed back to transformers, is transformers' greedy choice too, up to float
+        # rounding (large random weights leave near-ties that the two engines' sums break differently; a tensor in
+        # the wrong layout misses by whole logits).
+        ids = list(prompt)
+        with torch.no_grad():
+            for token in got.tokens:
+                logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+                assert float(logits.max() - logits[token]) < 0.05, (conv, len(ids) - len(prompt))
+                ids.append(token)
+            if got.stopped == "eog":  # llama.cpp ended the turn at a special end token: one of transformers' top too
+                logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+                assert float(logits.max() - logits[tok.all_special_ids].max()) < 0.05, conv

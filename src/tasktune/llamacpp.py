@@ -60,7 +60,8 @@ def answer(
 ) -> tuple[list[Answer], float]:
     """Greedy answers of the GGUF file `model` (with a GGUF LoRA `lora`) to each conversation, and the wall time of
     all of them. `template` replaces the file's chat template (llama-server's --chat-template-file). `batch`
-    conversations are decoded together, as llama.cpp sequences of one context."""
+    conversations are decoded together, as llama.cpp sequences of one context: for speed figures only, since
+    node-llama-cpp 3.21.1 was seen to mix tokens between parallel sequences (the parity check decodes one at a time)."""
     if shutil.which("node") is None:
         raise TaskTuneError("the GGUF parity check runs llama.cpp under Node.js, and `node` is not on PATH",
                             "install Node.js 20 or later")  # fmt: skip
