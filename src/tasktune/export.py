@@ -85,10 +85,8 @@ def _load_run_model(run: Path, info: RunInfo):
 
 
 def _answers(model, fmt, examples, instruction, max_new_tokens: int) -> list[str]:
-    from tasktune.generate import generate
-
-    prompts = [fmt.encode_prompt(fmt.with_instruction(ex.prompt_messages, instruction)) for ex in examples]
-    return [g.text for g in generate(model, fmt, prompts, max_new_tokens=max_new_tokens, desc="parity")]
+    conversations = [fmt.with_instruction(ex.prompt_messages, instruction) for ex in examples]
+    return [g.text for _, g in _generations(model, fmt, conversations, max_new_tokens)]
 
 
 def export(run: str | Path, out: str | Path, *, merge: bool = False, parity_rows: int = 32) -> ExportResult:
@@ -237,8 +235,8 @@ def export_gguf(
             f"a GGUF LoRA adapter applies to its base model's GGUF file, and {info.base_model!r} is not one",
             "pass --merge to write the whole tuned model as one GGUF file",
         )
-    if parity_rows and not llamacpp.available():
-        llamacpp.node_modules()  # raises the error that says how to install it
+    if parity_rows:
+        llamacpp.require()  # before the minutes of loading and generating: say now if llama.cpp is missing
     model, tok = _load_run_model(run, info)
     fmt = ChatFormat(tok)
     instruction = info.instruction if info.instruction_in_prompt else None
@@ -271,7 +269,7 @@ def export_gguf(
             model_file, lora = (base_gguf, file) if as_adapter else (file, None)
             template = fmt.template if as_adapter else None
             got, result.llamacpp_seconds = llamacpp.answer(model_file, conversations, cap, lora=lora, template=template)
-            _judge(result, examples, fmt, conversations, expected, got, min_agreement or MIN_AGREEMENT[quant], out)
+            _judge(result, examples, fmt, expected, got, min_agreement or MIN_AGREEMENT[quant], out)
         if not as_adapter:
             _check_written(file, fmt, out)
         if ollama:
@@ -282,7 +280,8 @@ def export_gguf(
     return result
 
 
-def _generations(model, fmt, conversations: list[list[dict]], cap: int):
+def _generations(model, fmt, conversations: list[list[dict]], cap: int) -> list[tuple[list[int], object]]:
+    """(prompt ids, Generation) for each conversation: the greedy answers the exported model is held to."""
     from tasktune.generate import generate
 
     prompts = [fmt.encode_prompt(c) for c in conversations]
@@ -314,9 +313,8 @@ def _check_written(file: Path, fmt, out: Path) -> None:
 
     meta = read_turn_end(file)
     if meta["chat_template"] != fmt.template or meta["eos_token_id"] != fmt.end_ids[-1]:
-        template = "missing" if not meta["chat_template"] else "the run's"
-        if meta["chat_template"] and meta["chat_template"] != fmt.template:
-            template = "not the run's"
+        kept = meta["chat_template"]
+        template = "missing" if not kept else "the run's" if kept == fmt.template else "not the run's"
         raise TaskTuneError(
             f"{file.name} does not carry the run's chat turn: tokenizer.chat_template {template}, EOS id"
             f" {meta['eos_token_id']} where the run ends its answers with id {fmt.end_ids[-1]}."
@@ -325,7 +323,7 @@ def _check_written(file: Path, fmt, out: Path) -> None:
         )
 
 
-def _judge(result: GgufResult, examples, fmt, conversations, expected, got, min_agreement: float, out: Path) -> None:
+def _judge(result: GgufResult, examples, fmt, expected, got, min_agreement: float, out: Path) -> None:
     """Fill in the parity figures; raise (so that OUT stays as it was) when any of them falls short."""
     n = len(got)
     same_prompt = [list(a.prompt_tokens) == p for a, (p, _) in zip(got, expected, strict=True)]

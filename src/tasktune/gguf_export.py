@@ -51,7 +51,7 @@ def arch_for(config) -> Arch:
     return arch
 
 
-def _qtype(quant: str, name: str, shape: tuple[int, ...]):
+def _qtype(quant: str, shape: tuple[int, ...]):
     """The GGML type of one tensor: vectors (norms, biases) stay f32, as llama.cpp's converter keeps them."""
     from gguf import GGMLQuantizationType as T
 
@@ -265,7 +265,7 @@ def write_model(
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     set_turn_end(writer, template, end_id)
     for gname, data in gguf_tensors(state, config, arch):
-        qtype = _qtype(quant, gname, data.shape)
+        qtype = _qtype(quant, data.shape)
         writer.add_tensor(gname, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
     _finish(writer)
 

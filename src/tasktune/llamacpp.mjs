@@ -27,7 +27,6 @@ if (!source) {
 }
 const template = new Template(source);
 const batch = Math.max(1, Math.min(req.batch ?? 1, req.conversations.length));
-const longest = Math.max(...req.conversations.map((c) => c.max_tokens));
 const context = await model.createContext({
     sequences: batch,
     contextSize: Math.min(model.trainContextSize, 2048) * batch,
@@ -80,6 +79,6 @@ await Promise.all(
     }),
 );
 const seconds = (performance.now() - t0) / 1000;
-console.log(JSON.stringify({answers, seconds, batch, longest, eos: model.tokens.eos, eot: model.tokens.eot}));
+console.log(JSON.stringify({answers, seconds}));
 await context.dispose();
 await model.dispose();

@@ -39,12 +39,20 @@ def node_modules() -> Path:
     raise TaskTuneError("the GGUF parity check needs llama.cpp (node-llama-cpp), which is not installed", INSTALL)
 
 
+def require() -> Path:
+    """node-llama-cpp's folder, once both it and `node` are there; else an error that says how to get them."""
+    if shutil.which("node") is None:
+        raise TaskTuneError("the GGUF parity check runs llama.cpp under Node.js, and `node` is not on PATH",
+                            "install Node.js 20 or later")  # fmt: skip
+    return node_modules()
+
+
 def available() -> bool:
     try:
-        node_modules()
+        require()
     except TaskTuneError:
         return False
-    return shutil.which("node") is not None
+    return True
 
 
 def answer(
@@ -62,10 +70,7 @@ def answer(
     all of them. `template` replaces the file's chat template (llama-server's --chat-template-file). `batch`
     conversations are decoded together, as llama.cpp sequences of one context: for speed figures only, since
     node-llama-cpp 3.21.1 was seen to mix tokens between parallel sequences (the parity check decodes one at a time)."""
-    if shutil.which("node") is None:
-        raise TaskTuneError("the GGUF parity check runs llama.cpp under Node.js, and `node` is not on PATH",
-                            "install Node.js 20 or later")  # fmt: skip
-    modules = node_modules()
+    modules = require()
     request = {
         "model": str(model),
         "lora": str(lora) if lora else None,
